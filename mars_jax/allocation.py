@@ -1,0 +1,197 @@
+"""Allocation of a synthetic-pair budget over base pairs, and drawing from a pool.
+
+MARS (method.md section 2) turns per-pair margins into weights
+``q = softmax(-tau * |m|)`` (or the signed ``softmax(-tau * m)``), turns ``B * q`` into
+integer budgets by largest remainder, and draws each base pair's budget from its own
+pool of synthetic pairs. The baselines use the same three steps with other weights or
+orders, so every method runs through one loop:
+
+========================  ==========================  ==============================
+method                    weights over base pairs     order of draws within a source
+========================  ==========================  ==============================
+none                      (no synthetic pairs)        --
+uniform                   proportional to pool size   random
+west_of_n                 proportional to pool size   highest synthetic margin first
+mars / mars_signed        :func:`mars_weights`        random
+ensemble                  :func:`ensemble_weights`    random
+adaboost                  (no synthetic pairs; base-pair loss weights from
+                          :func:`adaboost_weights`)
+========================  ==========================  ==============================
+
+Uniform is *stratified*: its budgets are the largest-remainder split of ``B`` in
+proportion to pool sizes, so each base pair gets ``B / N`` pairs in expectation, as
+independent uniform draws from the whole pool would give, with less variance.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "Draws",
+    "adaboost_weights",
+    "draw_from_pool",
+    "ensemble_weights",
+    "largest_remainder_budgets",
+    "mars_weights",
+    "pool_size_weights",
+]
+
+
+def mars_weights(margins: jax.Array, *, temperature: float, signed: bool = False) -> jax.Array:
+    """MARS allocation weights over base pairs.
+
+    Args:
+      margins: ``[N]`` signed margins ``r(chosen) - r(rejected)`` of the base pairs.
+      temperature: ``tau``; larger concentrates the budget on the least certain pairs.
+      signed: if False (v1), ``softmax(-tau * |m|)``: ambiguous pairs get the most; if
+        True (v2), ``softmax(-tau * m)``: mis-ranked pairs get the most.
+
+    Returns:
+      ``[N]`` non-negative weights summing to 1.
+    """
+    score = margins if signed else jnp.abs(margins)
+    return jax.nn.softmax(-temperature * score)
+
+
+def pool_size_weights(offsets: jax.Array) -> jax.Array:
+    """Weights proportional to each base pair's pool size (``[N + 1] -> [N]``).
+
+    Falls back to equal weights when the pool is empty.
+    """
+    counts = (offsets[1:] - offsets[:-1]).astype(jnp.float32)
+    total = jnp.sum(counts)
+    return jnp.where(total > 0, counts / jnp.where(total > 0, total, 1.0), 1.0 / counts.size)
+
+
+def ensemble_weights(member_margins: jax.Array, *, temperature: float) -> jax.Array:
+    """Allocation weights from the disagreement of an ensemble of reward heads.
+
+    ``q = softmax(tau * s / mean(s))`` with ``s`` the standard deviation of a pair's margin
+    across members; dividing by the mean makes ``tau`` independent of the reward scale.
+
+    Args:
+      member_margins: ``[M, N]`` margins of each base pair under each of ``M`` heads.
+      temperature: ``tau``.
+
+    Returns:
+      ``[N]`` weights summing to 1.
+    """
+    spread = jnp.std(member_margins, axis=0)
+    scale = jnp.mean(spread)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    return jax.nn.softmax(temperature * spread / scale)
+
+
+def adaboost_weights(margins: jax.Array, *, temperature: float) -> jax.Array:
+    """AdaBoost-style loss weights for base pairs (no synthetic data).
+
+    Our design (v2 of the paper names the baseline without code): exponential weights in
+    the signed margin, ``w ∝ exp(-tau * m)``, normalised to mean 1 so the loss scale and
+    effective learning rate match unweighted training. Mis-ranked pairs weigh most.
+
+    Args:
+      margins: ``[N]`` signed margins.
+      temperature: ``tau``.
+
+    Returns:
+      ``[N]`` positive weights with mean 1.
+    """
+    return jax.nn.softmax(-temperature * margins) * margins.shape[0]
+
+
+def largest_remainder_budgets(weights: jax.Array, *, budget: int, key: jax.Array) -> jax.Array:
+    """Integer budgets ``b`` with ``sum(b) == budget``, close to ``budget * weights``.
+
+    Each ``b_i`` is ``floor(budget * q_i)`` plus one unit for the pairs with the largest
+    remainders (``q = weights / sum(weights)``); ties between equal remainders are broken
+    by a random order drawn from ``key``. A larger weight never gets a smaller budget.
+
+    Args:
+      weights: ``[N]`` non-negative weights, not all 0.
+      budget: total number of units ``B`` (may be a traced integer).
+      key: PRNG key for the tie-break.
+
+    Returns:
+      ``[N]`` int32 budgets.
+    """
+    num = weights.shape[0]
+    quota = budget * (weights / jnp.sum(weights))
+    floors = jnp.floor(quota)
+    remainders = quota - floors
+    floors = floors.astype(jnp.int32)
+    leftover = jnp.clip(budget - jnp.sum(floors), 0, num)
+    tie_break = jax.random.uniform(key, (num,))
+    order = jnp.lexsort((tie_break, -remainders))
+    rank = jnp.zeros(num, jnp.int32).at[order].set(jnp.arange(num, dtype=jnp.int32))
+    budgets = floors + (rank < leftover).astype(jnp.int32)
+    # A floating-point safety net: the sum is exact unless rounding moved a floor.
+    return budgets.at[jnp.argmax(weights)].add(budget - jnp.sum(budgets))
+
+
+class Draws(NamedTuple):
+    """Synthetic pairs drawn from a pool.
+
+    Attributes:
+      indices: ``[S]`` int32 rows of the pool.
+      source: ``[S]`` int32 base pair each draw was allocated to.
+      valid: ``[S]`` bool; False for slots beyond ``sum(budgets)``.
+    """
+
+    indices: jax.Array
+    source: jax.Array
+    valid: jax.Array
+
+
+def draw_from_pool(
+    key: jax.Array,
+    budgets: jax.Array,
+    source: jax.Array,
+    offsets: jax.Array,
+    *,
+    num_draws: int,
+    priority: jax.Array | None = None,
+) -> Draws:
+    """Draw ``budgets[i]`` synthetic pairs from the pool rows of each base pair ``i``.
+
+    Within a source, the first ``n_i = offsets[i+1] - offsets[i]`` draws take distinct
+    rows in order of decreasing ``priority`` (a random order when ``priority`` is None),
+    so a budget up to the pool size draws without replacement; draws beyond ``n_i`` are
+    uniform with replacement. A source with an empty pool draws from the whole pool.
+
+    Args:
+      key: PRNG key.
+      budgets: ``[N]`` int32 per-source budgets (see :func:`largest_remainder_budgets`).
+      source: ``[P]`` int32 base pair of each pool row, sorted (``Pool.source``).
+      offsets: ``[N + 1]`` int32 CSR offsets of the pool (``Pool.offsets``); ``P > 0``.
+      num_draws: static number of slots ``S`` (normally the round's budget ``B``).
+      priority: optional ``[P]`` scores; higher is drawn first (West-of-N passes the
+        synthetic pairs' current margins).
+
+    Returns:
+      :class:`Draws` with ``S`` slots.
+    """
+    num_sources = budgets.shape[0]
+    order_key, extra_key, anywhere_key = jax.random.split(key, 3)
+    counts = offsets[1:] - offsets[:-1]
+    if priority is None:
+        priority = jax.random.uniform(order_key, source.shape)
+    sorted_rows = jnp.lexsort((-priority, source)).astype(jnp.int32)
+
+    slot_source = jnp.repeat(
+        jnp.arange(num_sources, dtype=jnp.int32), budgets, total_repeat_length=num_draws
+    )
+    first_slot = jnp.cumsum(budgets) - budgets
+    rank = jnp.arange(num_draws, dtype=jnp.int32) - first_slot[slot_source]
+    size = counts[slot_source]
+    start = offsets[slot_source]
+    ranked = sorted_rows[start + jnp.clip(rank, 0, jnp.maximum(size - 1, 0))]
+    uniform = jax.random.uniform(extra_key, (num_draws,))
+    with_replacement = start + jnp.floor(uniform * size).astype(jnp.int32)
+    anywhere = jax.random.randint(anywhere_key, (num_draws,), 0, offsets[-1])
+    indices = jnp.where(size == 0, anywhere, jnp.where(rank < size, ranked, with_replacement))
+    valid = jnp.arange(num_draws) < jnp.sum(budgets)
+    return Draws(indices=indices, source=slot_source, valid=valid)

@@ -1,0 +1,177 @@
+"""The ``mars-jax`` command line: run a configured comparison, inspect configurations.
+
+Every mistake a user can make (bad config file or key, bad argument, an output folder
+that already holds files) ends in one line on stderr naming the culprit and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mars_jax import __version__
+from mars_jax.errors import MarsError
+
+__all__ = ["main"]
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise MarsError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mars-jax",
+        description=(
+            "Margin-aware reward modeling with self-refinement (MARS): compare synthetic-"
+            "budget allocation methods round by round and write a run directory."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"mars-jax {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = commands.add_parser(
+        "run",
+        help="run the configured methods and write a run directory",
+        description=(
+            "Run every method in refine.methods (default: none, uniform, west_of_n, mars) "
+            "for refine.rounds rounds, print a per-round comparison table and write "
+            "config.json, metrics.jsonl, summary.json and plots/*.png into a new run "
+            "directory. Without CONFIG the built-in default (the synthetic suite) runs."
+        ),
+        epilog="example: mars-jax run configs/tiny.toml refine.budget=500 train.seed=3",
+    )
+    run.add_argument(
+        "args",
+        nargs="*",
+        metavar="[CONFIG] [SECTION.KEY=VALUE ...]",
+        help="a TOML config file, then overrides such as refine.rounds=3",
+    )
+    run.add_argument(
+        "--out",
+        type=Path,
+        help="run directory (must be new or empty; default: OUTPUT.DIR/NAME-TIMESTAMP)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress display or table")
+
+    show = commands.add_parser(
+        "config",
+        help="print the resolved configuration, or every key with --keys",
+        description="Print the configuration CONFIG and overrides resolve to, as TOML.",
+    )
+    show.add_argument("args", nargs="*", metavar="[CONFIG] [SECTION.KEY=VALUE ...]")
+    show.add_argument("--keys", action="store_true", help="list every key, default and meaning")
+    return parser
+
+
+def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The config path (first argument without '=') and the overrides."""
+    path = None
+    overrides = []
+    for arg in args:
+        if "=" in arg:
+            overrides.append(arg)
+        elif path is None:
+            path = arg
+        else:
+            raise MarsError(
+                f"unexpected argument {arg!r}: give one CONFIG file, "
+                "then SECTION.KEY=VALUE overrides"
+            )
+    return path, overrides
+
+
+def _new_run_dir(out: Path | None, parent: str, name: str) -> Path:
+    """Create the run directory; refuse one that already holds files."""
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(parent) / f"{name}-{stamp}"
+        suffix = 1
+        while out.exists():
+            out = Path(parent) / f"{name}-{stamp}-{suffix}"
+            suffix += 1
+    if out.exists() and not out.is_dir():
+        raise MarsError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise MarsError(f"--out {out}: directory is not empty; choose a new run directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MarsError(f"cannot create run directory {out}: {error.strerror}") from None
+    return out
+
+
+def _command_run(args: argparse.Namespace) -> int:
+    from mars_jax.config import load_config
+    from mars_jax.report import RunDisplay
+
+    path, overrides = _split_args(args.args)
+    config = load_config(path, overrides)
+    name = Path(path).stem if path else "default"
+    run_dir = _new_run_dir(args.out, config.output.dir, name)
+
+    from mars_jax.experiment import run_experiment
+
+    display = RunDisplay(config, enabled=not args.quiet)
+    with display:
+        summary = run_experiment(config, run_dir, on_round=display.on_round)
+    display.print_summary(summary, run_dir)
+    return 0
+
+
+def _command_config(args: argparse.Namespace) -> int:
+    from mars_jax.config import config_to_dict, describe_config, load_config
+
+    if args.keys:
+        print(describe_config())
+        return 0
+    path, overrides = _split_args(args.args)
+    config = config_to_dict(load_config(path, overrides))
+    for section, values in config.items():
+        print(f"[{section}]")
+        for key, value in values.items():
+            print(f"{key} = {_toml_value(value)}")
+        print()
+    return 0
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mars-jax``; returns the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "run":
+            return _command_run(args)
+        if args.command == "config":
+            return _command_config(args)
+        parser.print_help()
+        return 0
+    except MarsError as error:
+        print(f"mars-jax: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("mars-jax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Terminal output of a run: a progress bar while it runs, comparison tables at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mars_jax.config import Config
+from mars_jax.refine import RoundSummary
+
+__all__ = ["RunDisplay", "round_table", "summary_table"]
+
+
+class RunDisplay:
+    """Progress over all (method, round) steps of a run, then the comparison tables."""
+
+    def __init__(self, config: Config, *, enabled: bool = True) -> None:
+        self.console = Console(stderr=False)
+        self.enabled = enabled
+        self.show_progress = enabled and config.output.progress
+        self.total = len(config.refine.methods) * config.refine.rounds
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task = None
+
+    def __enter__(self) -> RunDisplay:
+        if self.show_progress:
+            self.progress.start()
+            self.task = self.progress.add_task("rounds", total=self.total)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self.show_progress:
+            self.progress.stop()
+
+    def on_round(self, summary: RoundSummary) -> None:
+        """Advance the bar with one finished round."""
+        if self.task is not None:
+            accuracy = summary.heldout["accuracy"]
+            self.progress.update(
+                self.task,
+                advance=1,
+                description=f"{summary.method} round {summary.round}: acc {accuracy:.3f}",
+            )
+
+    def print_summary(self, summary: dict[str, Any], run_dir: Path) -> None:
+        """Print the per-round table, the final-metrics table and where files went."""
+        if not self.enabled:
+            return
+        self.console.print(round_table(summary))
+        self.console.print(summary_table(summary))
+        self.console.print(f"run directory: {run_dir}  ({summary['seconds']:.1f} s)")
+
+
+def round_table(summary: dict[str, Any]) -> Table:
+    """Held-out accuracy per round (rows) and method (columns)."""
+    methods = summary["methods"]
+    table = Table(title="Held-out pairwise accuracy per round")
+    table.add_column("round", justify="right")
+    for method in methods:
+        table.add_column(method, justify="right")
+    num_rounds = max(result["rounds_run"] for result in methods.values())
+    for index in range(num_rounds):
+        cells = []
+        for result in methods.values():
+            per_round = result["accuracy_per_round"]
+            cells.append(f"{per_round[index]:.4f}" if index < len(per_round) else "-")
+        table.add_row(str(index + 1), *cells)
+    return table
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """Final held-out metrics per method, with the bootstrap accuracy interval."""
+    table = Table(title="Final held-out metrics")
+    for column in ("method", "accuracy", "95% CI", "ROC-AUC", "SNR", "ECE", "synthetic"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for method, result in summary["methods"].items():
+        final = result["final"]
+        interval = (
+            f"[{final['accuracy_lower']:.3f}, {final['accuracy_upper']:.3f}]"
+            if "accuracy_lower" in final
+            else "-"
+        )
+        table.add_row(
+            method,
+            f"{final['accuracy']:.4f}",
+            interval,
+            f"{final['auc']:.4f}",
+            f"{final['signal_to_noise']:.3f}",
+            f"{final['calibration_error']:.4f}",
+            str(result["budget_spent"]),
+        )
+    return table
