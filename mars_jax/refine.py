@@ -390,54 +390,73 @@ class Refiner:
                 loss_count += int(active.sum()) * num_members
         return train, loss_sum / max(loss_count, 1)
 
-    @functools.cached_property
+    @property
     def _train_chunk(self):
-        return jax.jit(self.trainer.train_chunk, donate_argnums=0)
+        return _jit_train_chunk(self.trainer)
 
-    @functools.cached_property
+    @property
     def _member_margins(self):
-        def margins(params: PyTree, chosen: PyTree, rejected: PyTree) -> jax.Array:
-            return self.trainer.member_rewards(params, chosen) - self.trainer.member_rewards(
-                params, rejected
-            )
+        return _jit_member_margins(self.trainer)
 
-        return jax.jit(margins)
-
-    @functools.cached_property
+    @property
     def _mean_rewards(self):
-        def rewards(params: PyTree, chosen: PyTree, rejected: PyTree):
-            member = self.trainer.member_rewards
-            return member(params, chosen).mean(axis=0), member(params, rejected).mean(axis=0)
+        return _jit_mean_rewards(self.trainer)
 
-        return jax.jit(rewards)
-
-    @functools.cached_property
-    def _budgets(self):
-        def budgets(weights: jax.Array, budget: int, key: jax.Array) -> jax.Array:
-            return largest_remainder_budgets(weights, budget=budget, key=key)
-
-        return jax.jit(budgets)
-
-    @functools.cached_property
-    def _draw(self):
-        def draw(key, budgets, source, offsets, num_draws, priority):
-            return draw_from_pool(
-                key, budgets, source, offsets, num_draws=num_draws, priority=priority
-            )
-
-        return jax.jit(draw, static_argnums=4)
-
-    @functools.cached_property
+    @property
     def _accuracy_interval(self):
-        def interval(key: jax.Array, margins: jax.Array):
-            return bootstrap_ci(
-                key,
-                margins,
-                lambda m: jnp.mean(m > 0),
-                num_resamples=self.settings.num_bootstrap,
-            )
+        return _jit_accuracy_interval(self.settings.num_bootstrap)
 
-        return jax.jit(interval)
+    _budgets = staticmethod(
+        jax.jit(
+            lambda weights, budget, key: largest_remainder_budgets(weights, budget=budget, key=key)
+        )
+    )
+    _draw = staticmethod(
+        jax.jit(
+            lambda key, budgets, source, offsets, num_draws, priority: draw_from_pool(
+                key, budgets, source, offsets, num_draws=num_draws, priority=priority
+            ),
+            static_argnums=4,
+        )
+    )
+
+
+# Compiled functions are shared by every Refiner of the same trainer (e.g. the methods
+# of one run), so each shape compiles once per run rather than once per method.
+
+
+@functools.cache
+def _jit_train_chunk(trainer: Trainer):
+    return jax.jit(trainer.train_chunk, donate_argnums=0)
+
+
+@functools.cache
+def _jit_member_margins(trainer: Trainer):
+    def margins(params: PyTree, chosen: PyTree, rejected: PyTree) -> jax.Array:
+        return trainer.member_rewards(params, chosen) - trainer.member_rewards(params, rejected)
+
+    return jax.jit(margins)
+
+
+@functools.cache
+def _jit_mean_rewards(trainer: Trainer):
+    def rewards(params: PyTree, chosen: PyTree, rejected: PyTree):
+        member = trainer.member_rewards
+        return member(params, chosen).mean(axis=0), member(params, rejected).mean(axis=0)
+
+    return jax.jit(rewards)
+
+
+@functools.cache
+def _jit_accuracy_interval(num_resamples: int):
+    def interval(key: jax.Array, margins: jax.Array):
+        return bootstrap_ci(key, margins, _accuracy, num_resamples=num_resamples)
+
+    return jax.jit(interval)
+
+
+def _accuracy(margins: jax.Array) -> jax.Array:
+    return jnp.mean(margins > 0)
 
 
 class _Stopwatch:
