@@ -1,0 +1,162 @@
+"""The MARS round and its options, on a small synthetic suite."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mars_jax.config import load_config
+from mars_jax.experiment import build_data, build_trainer, refine_settings
+from mars_jax.losses import bradley_terry_loss
+from mars_jax.models.heads import init_members
+from mars_jax.refine import Refiner, margin_distance
+
+SMALL = [
+    "data.num_base_pairs=300",
+    "data.num_heldout_pairs=400",
+    "data.paraphrases=3",
+    "data.feature_dim=8",
+    "model.hidden_sizes=[16]",
+    "train.batch_size=32",
+    "refine.budget=300",
+    "eval.num_bootstrap=50",
+]
+
+
+@functools.cache
+def small_setup(*overrides: str):
+    config = load_config(None, [*SMALL, *overrides])
+    data, _ = build_data(config)
+    model, trainer = build_trainer(config, int(data.base.chosen.shape[-1]))
+    return config, data, model, trainer
+
+
+def start(method: str, *overrides: str, seed: int = 0):
+    config, data, model, trainer = small_setup(*overrides)
+    refiner = Refiner(trainer=trainer, settings=refine_settings(config, method))
+    params = init_members(model, jax.random.key(seed), refiner.settings.num_members)
+    return refiner, refiner.init(jax.random.key(seed + 1), params, data), data
+
+
+def base_loss(refiner: Refiner, state, data) -> float:
+    margins = refiner._member_margins(state.train.params, data.base.chosen, data.base.rejected)
+    return float(jnp.mean(bradley_terry_loss(margins)))
+
+
+@pytest.mark.parametrize("method", ["mars", "uniform"])
+def test_a_round_lowers_the_base_loss(method):
+    refiner, state, data = start(method)
+    before = base_loss(refiner, state, data)
+    state, summary = refiner.run_round(state, data)
+    assert base_loss(refiner, state, data) < before
+    assert summary.synthetic_drawn == 300
+    assert summary.num_train_pairs == 600
+    assert set(summary.timings) == {"allocate", "draw", "train", "score", "evaluate"}
+
+
+def test_same_seed_same_metrics_and_different_seeds_differ():
+    def heldout(seed):
+        refiner, state, data = start("mars", seed=seed)
+        return refiner.run_round(state, data)[1].heldout
+
+    first, again, other = heldout(0), heldout(0), heldout(5)
+    assert first == again
+    assert first != other
+
+
+def test_none_draws_nothing_and_adaboost_reweights_without_synthetic_pairs():
+    for method in ("none", "adaboost"):
+        refiner, state, data = start(method)
+        state, summary = refiner.run_round(state, data)
+        assert summary.synthetic_drawn == 0
+        assert state.budget_spent == 0
+        assert summary.num_train_pairs == 300
+    weights = refiner._allocate(state, data, jax.random.key(0), 0)[1]
+    assert float(jnp.std(weights)) > 0
+    assert float(jnp.mean(weights)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_ensemble_trains_stacked_heads_and_draws_where_they_disagree():
+    refiner, state, data = start("ensemble", "refine.ensemble_size=3")
+    assert state.base_margins.shape == (3, 300)
+    state, summary = refiner.run_round(state, data)
+    assert summary.synthetic_drawn == 300
+    assert jax.tree.leaves(state.train.params)[0].shape[0] == 3
+
+
+def test_mars_budget_follows_small_margins():
+    refiner, state, data = start("mars", "refine.temperature=2.0")
+    budgets = np.asarray(refiner._allocate(state, data, jax.random.key(0), 300)[0])
+    margins = np.abs(state.base_margins.mean(axis=0))
+    assert budgets.sum() == 300
+    low, high = margins < np.quantile(margins, 0.25), margins > np.quantile(margins, 0.75)
+    assert budgets[low].mean() > budgets[high].mean()
+
+
+def test_west_of_n_draws_the_highest_margin_pool_pairs():
+    refiner, state, data = start("west_of_n")
+    budgets, _, priority = refiner._allocate(state, data, jax.random.key(0), 300)
+    pool = data.pool
+    draws = refiner._draw(jax.random.key(1), budgets, pool.source, pool.offsets, 300, priority)
+    priority, offsets = np.asarray(priority), np.asarray(pool.offsets)
+    indices, source = np.asarray(draws.indices), np.asarray(draws.source)
+    for i in range(5):
+        rows = indices[source == i]
+        own = priority[offsets[i] : offsets[i + 1]]
+        expected = np.sort(own)[::-1][: rows.size]
+        np.testing.assert_allclose(np.sort(priority[rows])[::-1], expected)
+
+
+def test_cumulative_set_grows_and_per_round_set_is_replaced():
+    refiner, state, data = start("uniform", "refine.synthetic_set=cumulative")
+    state, first = refiner.run_round(state, data)
+    state, second = refiner.run_round(state, data)
+    assert (first.num_train_pairs, second.num_train_pairs) == (600, 900)
+    assert state.synthetic_rows.size == 600
+
+    refiner, state, data = start("uniform")
+    state, _ = refiner.run_round(state, data)
+    state, second = refiner.run_round(state, data)
+    assert second.num_train_pairs == 600
+    assert state.budget_spent == 600
+
+
+def test_total_budget_caps_the_draws_and_stops_the_loop():
+    refiner, state, data = start("mars", "refine.total_budget=450")
+    state, first = refiner.run_round(state, data)
+    assert refiner.stop_reason(state) is None
+    state, second = refiner.run_round(state, data)
+    assert (first.synthetic_drawn, second.synthetic_drawn) == (300, 150)
+    assert "budget" in refiner.stop_reason(state)
+
+
+def test_stable_margins_stop_the_loop():
+    refiner, state, data = start("none", "refine.stop_tolerance=1e9")
+    state, _ = refiner.run_round(state, data)
+    assert refiner.stop_reason(state) is None
+    state, summary = refiner.run_round(state, data)
+    assert summary.distance is not None
+    assert "stable" in refiner.stop_reason(state)
+
+
+def test_no_warmup_starts_from_the_initial_parameters():
+    config, data, model, trainer = small_setup("train.warmup_epochs=0")
+    refiner = Refiner(trainer=trainer, settings=refine_settings(config, "mars"))
+    params = init_members(model, jax.random.key(0), 1)
+    state = refiner.init(jax.random.key(1), params, data)
+    for got, want in zip(jax.tree.leaves(state.train.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_margin_distances_match_closed_forms():
+    rng = np.random.default_rng(0)
+    sample = rng.normal(size=500)
+    assert margin_distance(sample, sample + 0.7, kind="wasserstein") == pytest.approx(0.7)
+    assert margin_distance(sample, rng.permutation(sample), kind="ks") == 0.0
+    assert margin_distance(sample, sample + 100.0, kind="ks") == 1.0
+    shifted = margin_distance(sample, sample + 0.1, kind="ks")
+    assert 0.0 < shifted < 0.2
