@@ -289,13 +289,8 @@ class Refiner:
 
     def evaluate(self, params: PyTree, pairs: PairBatch, key: jax.Array) -> dict[str, float]:
         """Held-out metrics of the member-averaged reward, with a bootstrap accuracy CI."""
-        chosen, rejected = self._mean_rewards(params, pairs.chosen, pairs.rejected)
-        margins = chosen - rejected
-        metrics = evaluate_margins(
-            margins,
-            chosen_rewards=chosen,
-            rejected_rewards=rejected,
-            num_bins=self.settings.calibration_bins,
+        metrics, margins = _jit_heldout_metrics(self.trainer, self.settings.calibration_bins)(
+            params, pairs.chosen, pairs.rejected
         )
         result = {name: float(value) for name, value in metrics.items()}
         if self.settings.num_bootstrap:
@@ -371,7 +366,7 @@ class Refiner:
             step=jnp.zeros_like(train.step),
             num_steps=jnp.full_like(train.num_steps, steps_per_epoch * epochs),
         )
-        loss_sum, loss_count = 0.0, 0
+        loss_sum, loss_count = jnp.zeros(()), 0
         for epoch_key in jax.random.split(key, epochs):
             rows, mask = _epoch_rows(epoch_key, num_pairs, num_members, settings.batch_size)
             chunk = settings.chunk_steps
@@ -386,9 +381,9 @@ class Refiner:
                     weight=pairs.weight[chunk_rows] * chunk_mask,
                 )
                 train, losses = self._train_chunk(train, batches, jnp.asarray(active))
-                loss_sum += float(jnp.sum(losses))
+                loss_sum = loss_sum + jnp.sum(losses)
                 loss_count += int(active.sum()) * num_members
-        return train, loss_sum / max(loss_count, 1)
+        return train, float(loss_sum) / max(loss_count, 1)
 
     @property
     def _train_chunk(self):
@@ -397,10 +392,6 @@ class Refiner:
     @property
     def _member_margins(self):
         return _jit_member_margins(self.trainer)
-
-    @property
-    def _mean_rewards(self):
-        return _jit_mean_rewards(self.trainer)
 
     @property
     def _accuracy_interval(self):
@@ -439,12 +430,20 @@ def _jit_member_margins(trainer: Trainer):
 
 
 @functools.cache
-def _jit_mean_rewards(trainer: Trainer):
-    def rewards(params: PyTree, chosen: PyTree, rejected: PyTree):
-        member = trainer.member_rewards
-        return member(params, chosen).mean(axis=0), member(params, rejected).mean(axis=0)
+def _jit_heldout_metrics(trainer: Trainer, num_bins: int):
+    def heldout(params: PyTree, chosen: PyTree, rejected: PyTree):
+        chosen_rewards = trainer.member_rewards(params, chosen).mean(axis=0)
+        rejected_rewards = trainer.member_rewards(params, rejected).mean(axis=0)
+        margins = chosen_rewards - rejected_rewards
+        metrics = evaluate_margins(
+            margins,
+            chosen_rewards=chosen_rewards,
+            rejected_rewards=rejected_rewards,
+            num_bins=num_bins,
+        )
+        return metrics, margins
 
-    return jax.jit(rewards)
+    return jax.jit(heldout)
 
 
 @functools.cache

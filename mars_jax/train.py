@@ -25,6 +25,7 @@ from mars_jax.margins import pair_margins
 from mars_jax.types import PairBatch, PyTree
 
 __all__ = [
+    "EvalSums",
     "LossSettings",
     "OptimizerSettings",
     "TrainState",
@@ -52,6 +53,14 @@ class OptimizerSettings(NamedTuple):
     warmup_fraction: float = 0.1
     weight_decay: float = 1e-4
     grad_clip_norm: float = 1.0
+
+
+class EvalSums(NamedTuple):
+    """Weighted sums over a batch: loss, correctly ordered pairs, and total weight."""
+
+    loss_sum: jax.Array
+    correct: jax.Array
+    count: jax.Array
 
 
 class TrainState(struct.PyTreeNode):
@@ -177,6 +186,17 @@ class Trainer:
             )
 
         return jax.lax.scan(body, state, (batches, active))
+
+    def eval_step(self, params: PyTree, batch: PairBatch) -> EvalSums:
+        """Loss and accuracy of one model on a batch, as weighted sums plus a count.
+
+        Sums over batches add up, so an epoch's mean is ``loss_sum / count`` on the host.
+        """
+        rewards = pair_margins(self.reward_fn, params, batch.chosen, batch.rejected)
+        loss, _ = pairwise_loss(params, batch, reward_fn=self.reward_fn, loss=self.loss)
+        count = jnp.sum(batch.weight)
+        correct = jnp.sum(jnp.where(rewards.margins > 0, batch.weight, 0.0))
+        return EvalSums(loss_sum=loss * count, correct=correct, count=count)
 
     def member_rewards(self, params: PyTree, inputs: PyTree) -> jax.Array:
         """Rewards ``[M, B]`` of every ensemble member (params stacked on axis ``M``)."""

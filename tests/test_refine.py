@@ -43,8 +43,14 @@ def start(method: str, *overrides: str, seed: int = 0):
 
 
 def base_loss(refiner: Refiner, state, data) -> float:
+    params = jax.tree.map(lambda leaf: leaf[0], state.train.params)
+    sums = refiner.trainer.eval_step(params, data.base)
     margins = refiner._member_margins(state.train.params, data.base.chosen, data.base.rejected)
-    return float(jnp.mean(bradley_terry_loss(margins)))
+    assert float(sums.loss_sum / sums.count) == pytest.approx(
+        float(jnp.mean(bradley_terry_loss(margins))), rel=1e-5
+    )
+    assert float(sums.correct / sums.count) == pytest.approx(float(jnp.mean(margins > 0)))
+    return float(sums.loss_sum / sums.count)
 
 
 @pytest.mark.parametrize("method", ["mars", "uniform"])
