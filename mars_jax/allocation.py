@@ -109,6 +109,7 @@ def largest_remainder_budgets(weights: jax.Array, *, budget: int, key: jax.Array
     Each ``b_i`` is ``floor(budget * q_i)`` plus one unit for the pairs with the largest
     remainders (``q = weights / sum(weights)``); ties between equal remainders are broken
     by a random order drawn from ``key``. A larger weight never gets a smaller budget.
+    Quotas are float32 (unless x64 is enabled), so keep ``budget`` below ``2**24``.
 
     Args:
       weights: ``[N]`` non-negative weights, not all 0.
@@ -174,6 +175,7 @@ def draw_from_pool(
     Returns:
       :class:`Draws` with ``S`` slots.
     """
+    budgets, source, offsets = jnp.asarray(budgets), jnp.asarray(source), jnp.asarray(offsets)
     num_sources = budgets.shape[0]
     order_key, extra_key, anywhere_key = jax.random.split(key, 3)
     counts = offsets[1:] - offsets[:-1]
