@@ -122,15 +122,53 @@ def largest_remainder_budgets(weights: jax.Array, *, budget: int, key: jax.Array
     num = weights.shape[0]
     quota = budget * (weights / jnp.sum(weights))
     floors = jnp.floor(quota)
-    remainders = quota - floors
+    remainders = (quota - floors).astype(jnp.float32)
     floors = floors.astype(jnp.int32)
     leftover = jnp.clip(budget - jnp.sum(floors), 0, num)
-    tie_break = jax.random.uniform(key, (num,))
-    order = jnp.lexsort((tie_break, -remainders))
-    rank = jnp.zeros(num, jnp.int32).at[order].set(jnp.arange(num, dtype=jnp.int32))
-    budgets = floors + (rank < leftover).astype(jnp.int32)
+    # Remainders are in [0, 1): their float32 bit patterns order like their values.
+    remainder_bits = jax.lax.bitcast_convert_type(remainders, jnp.int32)
+    tie_bits = jax.lax.shift_right_logical(
+        jax.random.bits(key, (num,), jnp.uint32), jnp.uint32(1)
+    ).astype(jnp.int32)
+    extra = _largest(remainder_bits, leftover, tie_bits)
+    budgets = floors + extra.astype(jnp.int32)
     # A floating-point safety net: the sum is exact unless rounding moved a floor.
     return budgets.at[jnp.argmax(weights)].add(budget - jnp.sum(budgets))
+
+
+def _largest(values: jax.Array, count: jax.Array, tie_break: jax.Array) -> jax.Array:
+    """Mask of the ``count`` largest of ``values`` (``[N]`` int32 >= 0), without sorting.
+
+    A binary search finds the threshold; among values equal to it, the ones with the
+    largest ``tie_break`` (``[N]`` int32 >= 0) are taken, and any remaining tie by index.
+    Sorting is slow on some backends (about 2 ms for 10k floats on CPU); this is
+    ``O(N log range)`` elementwise work.
+    """
+    threshold = _threshold(values, count)
+    above = values > threshold
+    at = values == threshold
+    wanted = count - jnp.sum(above)
+    tie_values = jnp.where(at, tie_break, -1)
+    tie_threshold = _threshold(tie_values, wanted)
+    chosen = tie_values > tie_threshold
+    exact = tie_values == tie_threshold
+    room = wanted - jnp.sum(chosen)
+    chosen = chosen | (exact & (jnp.cumsum(exact) <= room))
+    return above | chosen
+
+
+def _threshold(values: jax.Array, count: jax.Array) -> jax.Array:
+    """The smallest ``t`` with at most ``count`` of ``values`` (int32 >= -1) above it."""
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = low + (high - low) // 2
+        fits = jnp.sum(values > middle) <= count
+        return jnp.where(fits, low, middle), jnp.where(fits, middle, high)
+
+    low = jnp.asarray(-2, jnp.int32)
+    high = jnp.max(values).astype(jnp.int32)
+    return jax.lax.fori_loop(0, 32, halve, (low, high))[1]
 
 
 class Draws(NamedTuple):
@@ -150,38 +188,50 @@ class Draws(NamedTuple):
 def draw_from_pool(
     key: jax.Array,
     budgets: jax.Array,
-    source: jax.Array,
     offsets: jax.Array,
     *,
     num_draws: int,
+    max_per_source: int,
     priority: jax.Array | None = None,
 ) -> Draws:
     """Draw ``budgets[i]`` synthetic pairs from the pool rows of each base pair ``i``.
 
     Within a source, the first ``n_i = offsets[i+1] - offsets[i]`` draws take distinct
-    rows in order of decreasing ``priority`` (a random order when ``priority`` is None),
-    so a budget up to the pool size draws without replacement; draws beyond ``n_i`` are
-    uniform with replacement. A source with an empty pool draws from the whole pool.
+    rows in order of decreasing ``priority`` (a uniformly random order when ``priority``
+    is None; ties go to the earlier row), so a budget up to the pool size draws without
+    replacement; draws beyond ``n_i`` are uniform with replacement. A source with an
+    empty pool draws from the whole pool.
+
+    Rows are ordered within each source only (``[N, K]`` with ``K = max_per_source``),
+    never by a sort of the whole pool: a random order is a partial Fisher-Yates shuffle
+    of the first ``max(budgets)`` positions; a priority order ranks by pairwise
+    comparison for small ``K`` and by a batched sort otherwise.
 
     Args:
       key: PRNG key.
       budgets: ``[N]`` int32 per-source budgets (see :func:`largest_remainder_budgets`).
-      source: ``[P]`` int32 base pair of each pool row, sorted (``Pool.source``).
       offsets: ``[N + 1]`` int32 CSR offsets of the pool (``Pool.offsets``); ``P > 0``.
       num_draws: static number of slots ``S`` (normally the round's budget ``B``).
+      max_per_source: static upper bound ``K`` on any source's pool size.
       priority: optional ``[P]`` scores; higher is drawn first (West-of-N passes the
         synthetic pairs' current margins).
 
     Returns:
       :class:`Draws` with ``S`` slots.
     """
-    budgets, source, offsets = jnp.asarray(budgets), jnp.asarray(source), jnp.asarray(offsets)
+    budgets, offsets = jnp.asarray(budgets), jnp.asarray(offsets)
     num_sources = budgets.shape[0]
     order_key, extra_key, anywhere_key = jax.random.split(key, 3)
     counts = offsets[1:] - offsets[:-1]
+    slot = jnp.arange(max_per_source, dtype=jnp.int32)
+    rows = offsets[:-1, None] + slot
+    in_pool = slot < counts[:, None]
     if priority is None:
-        priority = jax.random.uniform(order_key, source.shape)
-    sorted_rows = jnp.lexsort((-priority, source)).astype(jnp.int32)
+        prefix = jnp.minimum(jnp.max(budgets, initial=0), max_per_source)
+        ranked_rows = _shuffled_prefix(order_key, rows, counts, prefix)
+    else:
+        scores = jnp.asarray(priority)[jnp.clip(rows, 0, priority.shape[0] - 1)]
+        ranked_rows = _rows_by_rank(rows, jnp.where(in_pool, scores, -jnp.inf))
 
     slot_source = jnp.repeat(
         jnp.arange(num_sources, dtype=jnp.int32), budgets, total_repeat_length=num_draws
@@ -190,10 +240,52 @@ def draw_from_pool(
     rank = jnp.arange(num_draws, dtype=jnp.int32) - first_slot[slot_source]
     size = counts[slot_source]
     start = offsets[slot_source]
-    ranked = sorted_rows[start + jnp.clip(rank, 0, jnp.maximum(size - 1, 0))]
+    ranked = ranked_rows[slot_source, jnp.clip(rank, 0, max_per_source - 1)]
     uniform = jax.random.uniform(extra_key, (num_draws,))
     with_replacement = start + jnp.floor(uniform * size).astype(jnp.int32)
     anywhere = jax.random.randint(anywhere_key, (num_draws,), 0, offsets[-1])
     indices = jnp.where(size == 0, anywhere, jnp.where(rank < size, ranked, with_replacement))
     valid = jnp.arange(num_draws) < jnp.sum(budgets)
     return Draws(indices=indices, source=slot_source, valid=valid)
+
+
+_PAIRWISE_RANK_LIMIT = 64
+
+
+def _shuffled_prefix(
+    key: jax.Array, rows: jax.Array, counts: jax.Array, length: jax.Array
+) -> jax.Array:
+    """``[N, K]`` rows whose first ``length`` columns are a uniform draw without replacement.
+
+    Position ``j`` of source ``i`` swaps with a uniform position in ``[j, counts[i])``,
+    for ``j < min(length, counts[i])``: a Fisher-Yates shuffle stopped after ``length``.
+    """
+    num_sources = rows.shape[0]
+    sources = jnp.arange(num_sources)
+
+    def swap(j, carry):
+        rows, key = carry
+        key, pick_key = jax.random.split(key)
+        remaining = jnp.maximum(counts - j, 1)
+        pick = j + jnp.floor(jax.random.uniform(pick_key, (num_sources,)) * remaining)
+        pick = jnp.where(j < counts, pick.astype(jnp.int32), j)
+        here, there = rows[:, j], rows[sources, pick]
+        rows = rows.at[:, j].set(there).at[sources, pick].set(here)
+        return rows, key
+
+    return jax.lax.fori_loop(0, length, swap, (rows, key))[0]
+
+
+def _rows_by_rank(rows: jax.Array, scores: jax.Array) -> jax.Array:
+    """``[N, K]`` rows reordered within each source by decreasing score (stable)."""
+    width = rows.shape[1]
+    if width > _PAIRWISE_RANK_LIMIT:
+        order = jnp.argsort(-scores, axis=1, stable=True)
+        return jnp.take_along_axis(rows, order, axis=1)
+    position = jnp.arange(width)
+    ahead = (scores[:, None, :] > scores[:, :, None]) | (
+        (scores[:, None, :] == scores[:, :, None]) & (position[None, :] < position[:, None])
+    )
+    rank = jnp.sum(ahead, axis=2)
+    sources = jnp.arange(rows.shape[0])[:, None]
+    return jnp.zeros_like(rows).at[sources, rank].set(rows)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mars_jax.allocation import (
+    Draws,
     adaboost_weights,
     draw_from_pool,
     ensemble_weights,
@@ -46,11 +47,13 @@ from mars_jax.types import PairBatch, Pool, PyTree, tree_concat, tree_take
 
 __all__ = [
     "METHODS",
+    "Allocation",
     "RefineData",
     "RefineSettings",
     "Refiner",
     "RoundState",
     "RoundSummary",
+    "allocate_round",
     "margin_distance",
 ]
 
@@ -112,8 +115,8 @@ class RoundState:
     round_index: int
     key: jax.Array
     budget_spent: int
-    synthetic_rows: np.ndarray
-    base_margins: np.ndarray
+    synthetic_rows: jax.Array
+    base_margins: jax.Array
     margin_history: tuple[np.ndarray, ...] = ()
 
 
@@ -123,8 +126,9 @@ class RoundSummary:
 
     ``budget_max`` and ``budget_zero_fraction`` describe how concentrated the allocation
     was (the largest per-pair budget; the fraction of base pairs that got none).
-    ``timings`` holds the seconds of each phase: allocate (including any scoring of the
-    pool), draw, train, score (the base set, reused by the next allocation), evaluate.
+    ``timings`` holds the seconds of each phase: score_pool (West-of-N ranks the pool by
+    its current margins), allocate (weights, budgets and draws), train, score (the base
+    set, reused by the next allocation) and evaluate.
     """
 
     method: str
@@ -167,6 +171,73 @@ def margin_distance(previous: np.ndarray, current: np.ndarray, *, kind: str) -> 
     return float(np.max(np.abs(cdf_a - cdf_b)))
 
 
+class Allocation(NamedTuple):
+    """A round's allocation.
+
+    Attributes:
+      budgets: ``[N]`` int32 synthetic pairs per base pair.
+      base_weights: ``[N]`` loss weights of the base pairs (1 except for ``adaboost``).
+      draws: the drawn pool rows (``S = draw_count`` slots).
+    """
+
+    budgets: jax.Array
+    base_weights: jax.Array
+    draws: Draws
+
+
+def allocate_round(
+    member_margins: jax.Array,
+    offsets: jax.Array,
+    key: jax.Array,
+    *,
+    settings: RefineSettings,
+    draw_count: int,
+    max_per_source: int,
+    priority: jax.Array | None = None,
+) -> Allocation:
+    """Weights, integer budgets and pool draws of one round for ``settings.method``.
+
+    Pure and jit-able with the keyword arguments static.
+
+    Args:
+      member_margins: ``[M, N]`` base-pair margins under each ensemble member.
+      offsets: ``[N + 1]`` CSR offsets of the pool.
+      key: PRNG key.
+      settings: the method and its temperatures.
+      draw_count: synthetic pairs to draw this round (0 for ``none`` and ``adaboost``).
+      max_per_source: the largest pool of any base pair.
+      priority: ``[P]`` draw order for ``west_of_n`` (the pool pairs' margins).
+    """
+    method = settings.method
+    margins = member_margins.mean(axis=0)
+    num_base = margins.shape[0]
+    base_weights = jnp.ones(num_base, jnp.float32)
+    if method == "adaboost":
+        base_weights = adaboost_weights(margins, temperature=settings.adaboost_temperature)
+    if method in ("mars", "mars_signed"):
+        weights = mars_weights(
+            margins, temperature=settings.temperature, signed=method == "mars_signed"
+        )
+    elif method == "ensemble":
+        weights = ensemble_weights(member_margins, temperature=settings.ensemble_temperature)
+    else:
+        weights = pool_size_weights(offsets)
+    budget_key, draw_key = jax.random.split(key)
+    if draw_count:
+        budgets = largest_remainder_budgets(weights, budget=draw_count, key=budget_key)
+    else:
+        budgets = jnp.zeros(num_base, jnp.int32)
+    draws = draw_from_pool(
+        draw_key,
+        budgets,
+        offsets,
+        num_draws=draw_count,
+        max_per_source=max_per_source,
+        priority=priority,
+    )
+    return Allocation(budgets=budgets, base_weights=base_weights, draws=draws)
+
+
 @dataclass(frozen=True)
 class Refiner:
     """Maps a :class:`RoundState` to the next for one method (see module docstring)."""
@@ -186,53 +257,61 @@ class Refiner:
         warm_key, key = jax.random.split(key)
         base = data.base
         if self.settings.warmup_epochs:
-            train, _ = self._train(train, warm_key, base, self.settings.warmup_epochs)
+            num_base = base.weight.shape[0]
+            pairs = self._training_set(data, base.weight, jnp.zeros(0, jnp.int32))
+            train, _ = self._train(
+                train, warm_key, pairs, self.settings.warmup_epochs, num_pairs=num_base
+            )
         margins = self._member_margins(train.params, base.chosen, base.rejected)
         return RoundState(
             train=train,
             round_index=0,
             key=key,
             budget_spent=0,
-            synthetic_rows=np.zeros(0, np.int32),
-            base_margins=np.asarray(margins),
+            synthetic_rows=jnp.zeros(0, jnp.int32),
+            base_margins=margins,
         )
 
     def run_round(self, state: RoundState, data: RefineData) -> tuple[RoundState, RoundSummary]:
         """One round: allocate from the current margins, draw, train, evaluate."""
         settings = self.settings
         clock = _Stopwatch()
-        key, alloc_key, draw_key, train_key, boot_key = jax.random.split(state.key, 5)
+        key, alloc_key, train_key, boot_key = _split_round_key(state.key)
 
         draw_count = self._round_budget(state)
-        budgets, base_weights, priority = self._allocate(state, data, alloc_key, draw_count)
-        budgets = clock.lap("allocate", budgets)
-        new_rows = np.zeros(0, np.int32)
-        if draw_count:
-            draws = self._draw(
-                draw_key, budgets, data.pool.source, data.pool.offsets, draw_count, priority
-            )
-            new_rows = np.asarray(draws.indices)[np.asarray(draws.valid)]
+        priority = None
+        if settings.method == "west_of_n" and draw_count:
+            pool = data.pool
+            priority = self._member_margins(state.train.params, pool.chosen, pool.rejected)
+            priority = priority.mean(axis=0)
+        priority = clock.lap("score_pool", priority)
+        allocation = _jit_allocate(settings, draw_count, _max_per_source(data.pool))(
+            state.base_margins, data.pool.offsets, alloc_key, priority=priority
+        )
+        # Budgets sum to draw_count exactly, so every draw slot is valid.
+        new_rows = allocation.draws.indices
         if settings.synthetic_set == "cumulative":
-            rows = np.concatenate([state.synthetic_rows, new_rows])
+            rows = jnp.concatenate([state.synthetic_rows, new_rows])
         else:
             rows = new_rows
-        clock.lap("draw")
+        rows = clock.lap("allocate", rows)
 
-        train_set = self._training_set(data, base_weights, rows)
+        train_set = self._training_set(data, allocation.base_weights, rows)
+        num_train_pairs = data.base.weight.shape[0] + rows.size
         train = state.train
         if settings.reset_optimizer:
             train = self._fresh_train_state(train.params)
-        train, loss = self._train(train, train_key, train_set, settings.epochs_per_round)
+        train, loss = self._train(
+            train, train_key, train_set, settings.epochs_per_round, num_pairs=num_train_pairs
+        )
         clock.lap("train")
 
-        base_margins = np.asarray(
-            self._member_margins(train.params, data.base.chosen, data.base.rejected)
-        )
-        clock.lap("score")
+        base_margins = self._member_margins(train.params, data.base.chosen, data.base.rejected)
+        base_margins = clock.lap("score", base_margins)
         heldout = self.evaluate(train.params, data.heldout, boot_key)
         clock.lap("evaluate")
 
-        mean_margins = base_margins.mean(axis=0)
+        mean_margins = np.asarray(base_margins).mean(axis=0)
         previous = state.margin_history[-1] if state.margin_history else None
         distance = (
             None
@@ -243,19 +322,19 @@ class Refiner:
             train=train,
             round_index=state.round_index + 1,
             key=key,
-            budget_spent=state.budget_spent + int(new_rows.size),
-            synthetic_rows=rows.astype(np.int32),
+            budget_spent=state.budget_spent + draw_count,
+            synthetic_rows=rows,
             base_margins=base_margins,
             margin_history=(*state.margin_history, mean_margins),
         )
         counts, edges = np.histogram(mean_margins, bins=settings.histogram_bins)
-        budgets = np.asarray(budgets)
+        budgets = np.asarray(allocation.budgets)
         summary = RoundSummary(
             method=settings.method,
             round=new_state.round_index,
-            synthetic_drawn=int(new_rows.size),
+            synthetic_drawn=draw_count,
             budget_spent=new_state.budget_spent,
-            num_train_pairs=int(train_set.weight.shape[0]),
+            num_train_pairs=num_train_pairs,
             train_loss=loss,
             margin_mean=float(mean_margins.mean()),
             margin_std=float(mean_margins.std()),
@@ -307,83 +386,58 @@ class Refiner:
             return max(0, min(settings.budget, settings.total_budget - state.budget_spent))
         return settings.budget
 
-    def _allocate(
-        self, state: RoundState, data: RefineData, key: jax.Array, draw_count: int
-    ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-        """Per-source budgets ``[N]``, base-pair loss weights ``[N]`` and a draw order."""
-        settings = self.settings
-        member_margins = jnp.asarray(state.base_margins)
-        margins = member_margins.mean(axis=0)
-        num_base = margins.shape[0]
-        base_weights = jnp.ones(num_base, jnp.float32)
-        priority = None
-        method = settings.method
-        if method == "adaboost":
-            base_weights = adaboost_weights(margins, temperature=settings.adaboost_temperature)
-        if draw_count == 0:
-            return jnp.zeros(num_base, jnp.int32), base_weights, priority
-        if method in ("mars", "mars_signed"):
-            weights = mars_weights(
-                margins, temperature=settings.temperature, signed=method == "mars_signed"
-            )
-        elif method == "ensemble":
-            weights = ensemble_weights(member_margins, temperature=settings.ensemble_temperature)
-        else:
-            weights = pool_size_weights(data.pool.offsets)
-        if method == "west_of_n":
-            pool = data.pool
-            priority = self._member_margins(state.train.params, pool.chosen, pool.rejected)
-            priority = priority.mean(axis=0)
-        budgets = self._budgets(weights, draw_count, key)
-        return budgets, base_weights, priority
-
     def _training_set(
-        self, data: RefineData, base_weights: jax.Array, rows: np.ndarray
+        self, data: RefineData, base_weights: jax.Array, rows: jax.Array
     ) -> PairBatch:
-        base = data.base._replace(weight=base_weights)
-        if rows.size == 0:
-            return base
-        rows = jnp.asarray(rows)
-        synthetic = PairBatch(
-            chosen=tree_take(data.pool.chosen, rows),
-            rejected=tree_take(data.pool.rejected, rows),
-            weight=jnp.ones(rows.shape[0], jnp.float32),
+        """Base pairs (with their loss weights) and the drawn pool rows, as one batch.
+
+        Padded with zero-weight rows to a power of two, so the compiled training chunk
+        sees few distinct shapes however the synthetic set grows.
+        """
+        pool = data.pool
+        num_pairs = data.base.weight.shape[0] + rows.size
+        padding = _bucket(num_pairs) - num_pairs
+        pool_rows = jnp.pad(rows, (0, padding))
+        weights = jnp.concatenate(
+            [base_weights, jnp.ones(rows.size, jnp.float32), jnp.zeros(padding, jnp.float32)]
         )
-        return tree_concat([base, synthetic])
+        synthetic = PairBatch(
+            chosen=tree_take(pool.chosen, pool_rows),
+            rejected=tree_take(pool.rejected, pool_rows),
+            weight=weights[data.base.weight.shape[0] :],
+        )
+        return tree_concat([data.base._replace(weight=weights[: base_weights.shape[0]]), synthetic])
 
     def _fresh_train_state(self, params: PyTree) -> TrainState:
         return jax.vmap(self.trainer.init_state)(params)
 
     def _train(
-        self, train: TrainState, key: jax.Array, pairs: PairBatch, epochs: int
+        self, train: TrainState, key: jax.Array, pairs: PairBatch, epochs: int, num_pairs: int
     ) -> tuple[TrainState, float]:
-        """``epochs`` shuffled passes over ``pairs``; returns the state and the mean loss."""
+        """``epochs`` shuffled passes over the first ``num_pairs`` rows of ``pairs``.
+
+        Returns the state and the mean training loss.
+        """
         settings = self.settings
-        num_pairs = int(pairs.weight.shape[0])
         num_members = int(train.step.shape[0])
+        chunk = settings.chunk_steps
         steps_per_epoch = math.ceil(num_pairs / settings.batch_size)
+        num_chunks = math.ceil(steps_per_epoch / chunk)
         train = train.replace(
             step=jnp.zeros_like(train.step),
             num_steps=jnp.full_like(train.num_steps, steps_per_epoch * epochs),
         )
-        loss_sum, loss_count = jnp.zeros(()), 0
+        loss_sum = jnp.zeros(())
         for epoch_key in jax.random.split(key, epochs):
-            rows, mask = _epoch_rows(epoch_key, num_pairs, num_members, settings.batch_size)
-            chunk = settings.chunk_steps
-            num_chunks = math.ceil(steps_per_epoch / chunk)
+            rows, mask = _epoch_rows(
+                epoch_key, num_pairs, num_members, settings.batch_size, num_chunks * chunk
+            )
             for index in range(num_chunks):
-                chunk_rows = _pad_steps(rows[index * chunk : (index + 1) * chunk], chunk)
-                chunk_mask = _pad_steps(mask[index * chunk : (index + 1) * chunk], chunk)
+                steps = slice(index * chunk, (index + 1) * chunk)
                 active = np.arange(chunk) < (steps_per_epoch - index * chunk)
-                batches = PairBatch(
-                    chosen=tree_take(pairs.chosen, chunk_rows),
-                    rejected=tree_take(pairs.rejected, chunk_rows),
-                    weight=pairs.weight[chunk_rows] * chunk_mask,
-                )
-                train, losses = self._train_chunk(train, batches, jnp.asarray(active))
+                train, losses = self._train_chunk(train, pairs, rows[steps], mask[steps], active)
                 loss_sum = loss_sum + jnp.sum(losses)
-                loss_count += int(active.sum()) * num_members
-        return train, float(loss_sum) / max(loss_count, 1)
+        return train, float(loss_sum) / max(steps_per_epoch * epochs * num_members, 1)
 
     @property
     def _train_chunk(self):
@@ -397,20 +451,6 @@ class Refiner:
     def _accuracy_interval(self):
         return _jit_accuracy_interval(self.settings.num_bootstrap)
 
-    _budgets = staticmethod(
-        jax.jit(
-            lambda weights, budget, key: largest_remainder_budgets(weights, budget=budget, key=key)
-        )
-    )
-    _draw = staticmethod(
-        jax.jit(
-            lambda key, budgets, source, offsets, num_draws, priority: draw_from_pool(
-                key, budgets, source, offsets, num_draws=num_draws, priority=priority
-            ),
-            static_argnums=4,
-        )
-    )
-
 
 # Compiled functions are shared by every Refiner of the same trainer (e.g. the methods
 # of one run), so each shape compiles once per run rather than once per method.
@@ -419,6 +459,27 @@ class Refiner:
 @functools.cache
 def _jit_train_chunk(trainer: Trainer):
     return jax.jit(trainer.train_chunk, donate_argnums=0)
+
+
+@jax.jit
+def _split_round_key(key: jax.Array) -> tuple[jax.Array, ...]:
+    return tuple(jax.random.split(key, 4))
+
+
+@functools.cache
+def _jit_allocate(settings: RefineSettings, draw_count: int, max_per_source: int):
+    return jax.jit(
+        functools.partial(
+            allocate_round,
+            settings=settings,
+            draw_count=draw_count,
+            max_per_source=max_per_source,
+        )
+    )
+
+
+def _max_per_source(pool: Pool) -> int:
+    return int(np.max(np.diff(np.asarray(pool.offsets)), initial=1))
 
 
 @functools.cache
@@ -478,19 +539,20 @@ class _Stopwatch:
 
 
 def _epoch_rows(
-    key: jax.Array, num_pairs: int, num_members: int, batch_size: int
-) -> tuple[jax.Array, jax.Array]:
-    """A shuffled pass per member: row indices and masks ``[S, M, b]`` (padding masked)."""
-    steps = math.ceil(num_pairs / batch_size)
-    padded = steps * batch_size
+    key: jax.Array, num_pairs: int, num_members: int, batch_size: int, num_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A shuffled pass per member: rows and masks ``[num_steps, M, b]`` (padding masked)."""
+    padded = num_steps * batch_size
     keys = jax.random.split(key, num_members)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, num_pairs))(keys)
-    perms = jnp.pad(perms, ((0, 0), (0, padded - num_pairs)))
-    mask = jnp.broadcast_to(jnp.arange(padded) < num_pairs, perms.shape).astype(jnp.float32)
-    to_steps = lambda x: x.reshape(num_members, steps, batch_size).transpose(1, 0, 2)  # noqa: E731
-    return to_steps(perms), to_steps(mask)
+    perms = np.asarray(jax.vmap(lambda k: jax.random.permutation(k, num_pairs))(keys))
+    rows = np.zeros((num_members, padded), np.int32)
+    rows[:, :num_pairs] = perms
+    mask = np.zeros((num_members, padded), np.float32)
+    mask[:, :num_pairs] = 1.0
+    to_steps = lambda x: x.reshape(num_members, num_steps, batch_size).transpose(1, 0, 2)  # noqa: E731
+    return to_steps(rows), to_steps(mask)
 
 
-def _pad_steps(x: jax.Array, steps: int) -> jax.Array:
-    """Pad the leading (step) axis of ``x`` with zeros up to ``steps``."""
-    return jnp.pad(x, ((0, steps - x.shape[0]),) + ((0, 0),) * (x.ndim - 1))
+def _bucket(size: int) -> int:
+    """The next power of two at or above ``size`` (at least 64)."""
+    return max(64, 1 << max(size - 1, 0).bit_length())

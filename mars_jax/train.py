@@ -22,7 +22,7 @@ from flax import struct
 
 from mars_jax.losses import bradley_terry_loss, hinge_loss, masked_mean, reward_centering_penalty
 from mars_jax.margins import pair_margins
-from mars_jax.types import PairBatch, PyTree
+from mars_jax.types import PairBatch, PyTree, tree_take
 
 __all__ = [
     "EvalSums",
@@ -160,13 +160,23 @@ class Trainer:
         return new_state, loss
 
     def train_chunk(
-        self, state: TrainState, batches: PairBatch, active: jax.Array
+        self,
+        state: TrainState,
+        pairs: PairBatch,
+        rows: jax.Array,
+        mask: jax.Array,
+        active: jax.Array,
     ) -> tuple[TrainState, jax.Array]:
         """Up to ``C`` steps on an ensemble of ``M`` members with ``lax.scan``.
 
+        Batches are gathered from ``pairs`` inside the compiled loop, so the host sends
+        only row indices.
+
         Args:
           state: member-stacked state (leading axis ``M`` on every leaf).
-          batches: leaves ``[C, M, b, ...]``; weights ``[C, M, b]``.
+          pairs: the training pairs, leading axis ``n``.
+          rows: ``[C, M, b]`` int32 rows of ``pairs`` per step and member.
+          mask: ``[C, M, b]`` 0 for padding slots (multiplies the pairs' weights).
           active: ``[C]`` bool; inactive steps leave the state unchanged (they pad the
             last chunk of an epoch, so chunks have one shape and compile once).
 
@@ -175,8 +185,13 @@ class Trainer:
         """
         member_step = jax.vmap(self.train_step)
 
-        def body(carry: TrainState, inputs: tuple[PairBatch, jax.Array]):
-            batch, is_active = inputs
+        def body(carry: TrainState, step: tuple[jax.Array, jax.Array, jax.Array]):
+            step_rows, step_mask, is_active = step
+            batch = PairBatch(
+                chosen=tree_take(pairs.chosen, step_rows),
+                rejected=tree_take(pairs.rejected, step_rows),
+                weight=pairs.weight[step_rows] * step_mask,
+            )
             return jax.lax.cond(
                 is_active,
                 member_step,
@@ -185,7 +200,7 @@ class Trainer:
                 batch,
             )
 
-        return jax.lax.scan(body, state, (batches, active))
+        return jax.lax.scan(body, state, (rows, mask, active))
 
     def eval_step(self, params: PyTree, batch: PairBatch) -> EvalSums:
         """Loss and accuracy of one model on a batch, as weighted sums plus a count.

@@ -324,21 +324,22 @@ SLOTS = 72
 
 
 def make_pool(counts):
-    """CSR pool with ``counts`` rows for the real sources, padded to ``POOL`` rows."""
+    """CSR offsets with ``counts`` rows for the real sources, padded to ``POOL`` rows."""
     counts = [*counts, POOL - sum(counts)]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    source = np.repeat(np.arange(len(counts)), counts).astype(np.int32)
-    return source, offsets
+    return offsets
 
 
 @jax.jit
-def _draw_random(key, budgets, source, offsets):
-    return draw_from_pool(key, budgets, source, offsets, num_draws=SLOTS)
+def _draw_random(key, budgets, offsets):
+    return draw_from_pool(key, budgets, offsets, num_draws=SLOTS, max_per_source=POOL)
 
 
 @jax.jit
-def _draw_priority(key, budgets, source, offsets, priority):
-    return draw_from_pool(key, budgets, source, offsets, num_draws=SLOTS, priority=priority)
+def _draw_priority(key, budgets, offsets, priority):
+    return draw_from_pool(
+        key, budgets, offsets, num_draws=SLOTS, max_per_source=POOL, priority=priority
+    )
 
 
 def check_draws(draws, budgets, offsets, priority=None):
@@ -379,12 +380,12 @@ pool_case = st.tuples(
 @settings(max_examples=40, deadline=None)
 def test_draw_from_pool_properties(case, seed):
     counts, budgets = case
-    source, offsets = make_pool(counts)
+    offsets = make_pool(counts)
     budgets = np.asarray([*budgets, 0], np.int32)
     key = jax.random.key(seed)
-    draws = _draw_random(key, budgets, source, offsets)
+    draws = _draw_random(key, budgets, offsets)
     check_draws(draws, budgets, offsets)
-    again = _draw_random(key, budgets, source, offsets)
+    again = _draw_random(key, budgets, offsets)
     np.testing.assert_array_equal(np.asarray(again.indices), np.asarray(draws.indices))
 
 
@@ -392,19 +393,19 @@ def test_draw_from_pool_properties(case, seed):
 @settings(max_examples=40, deadline=None)
 def test_draw_from_pool_priority_order(case, seed, perm_seed):
     counts, budgets = case
-    source, offsets = make_pool(counts)
+    offsets = make_pool(counts)
     budgets = np.asarray([*budgets, 0], np.int32)
     priority = np.random.default_rng(perm_seed).permutation(POOL).astype(np.float32)
-    draws = _draw_priority(jax.random.key(seed), budgets, source, offsets, priority)
+    draws = _draw_priority(jax.random.key(seed), budgets, offsets, priority)
     check_draws(draws, budgets, offsets, priority)
 
 
 def test_draw_from_pool_eager_matches_jit():
-    source, offsets = make_pool([3, 0, 5, 1, 6, 2])
+    offsets = make_pool([3, 0, 5, 1, 6, 2])
     budgets = np.asarray([2, 3, 7, 1, 4, 0, 0], np.int32)
     key = jax.random.key(11)
-    eager_draws = draw_from_pool(key, budgets, source, offsets, num_draws=SLOTS)
-    jit_draws = _draw_random(key, budgets, source, offsets)
+    eager_draws = draw_from_pool(key, budgets, offsets, num_draws=SLOTS, max_per_source=POOL)
+    jit_draws = _draw_random(key, budgets, offsets)
     for a, b in zip(eager_draws, jit_draws, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     check_draws(eager_draws, budgets, offsets)
@@ -412,10 +413,11 @@ def test_draw_from_pool_eager_matches_jit():
 
 def test_draw_from_pool_west_of_n_example():
     # Two sources of 4 rows; keep the K = 2 highest-margin synthetic pairs of each.
-    source = jnp.array([0, 0, 0, 0, 1, 1, 1, 1], jnp.int32)
     offsets = jnp.array([0, 4, 8], jnp.int32)
     priority = jnp.array([0.1, 0.9, -1.0, 0.5, 2.0, 3.0, 1.0, 0.0])
-    fn = jax.jit(lambda k, b: draw_from_pool(k, b, source, offsets, num_draws=6, priority=priority))
+    fn = jax.jit(
+        lambda k, b: draw_from_pool(k, b, offsets, num_draws=6, max_per_source=8, priority=priority)
+    )
     draws = fn(jax.random.key(0), jnp.array([2, 2], jnp.int32))
     np.testing.assert_array_equal(np.asarray(draws.indices)[:4], [1, 3, 5, 4])
     np.testing.assert_array_equal(np.asarray(draws.source)[:4], [0, 0, 1, 1])
@@ -423,10 +425,10 @@ def test_draw_from_pool_west_of_n_example():
 
 
 def test_draw_from_pool_keys_differ():
-    source, offsets = make_pool([6, 6, 6, 6, 6, 6])
+    offsets = make_pool([6, 6, 6, 6, 6, 6])
     budgets = np.asarray([4, 4, 4, 4, 4, 4, 0], np.int32)
-    a = np.asarray(_draw_random(jax.random.key(0), budgets, source, offsets).indices)
-    b = np.asarray(_draw_random(jax.random.key(1), budgets, source, offsets).indices)
+    a = np.asarray(_draw_random(jax.random.key(0), budgets, offsets).indices)
+    b = np.asarray(_draw_random(jax.random.key(1), budgets, offsets).indices)
     assert not np.array_equal(a[:24], b[:24])
 
 
@@ -445,13 +447,14 @@ def test_draw_from_pool_uniform_frequencies():
     # replacement); source 2: empty, budget 3 (whole pool); source 3: 4 rows, budget 4.
     counts = [5, 3, 0, 4]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    source = np.repeat(np.arange(4), counts).astype(np.int32)
     budgets = np.asarray([2, 8, 3, 4], np.int32)
     pool = int(offsets[-1])
-    offsets, source, budgets = jnp.asarray(offsets), jnp.asarray(source), jnp.asarray(budgets)
+    offsets, budgets = jnp.asarray(offsets), jnp.asarray(budgets)
     keys = jax.random.split(jax.random.key(2024), 3000)
     draw = jax.jit(
-        jax.vmap(lambda k: draw_from_pool(k, budgets, source, offsets, num_draws=17).indices)
+        jax.vmap(
+            lambda k: draw_from_pool(k, budgets, offsets, num_draws=17, max_per_source=POOL).indices
+        )
     )
     idx = np.asarray(draw(keys))  # [keys, 17]
     slot_source = np.repeat(np.arange(4), [2, 8, 3, 4])
@@ -476,3 +479,18 @@ def test_draw_from_pool_uniform_frequencies():
     first = (slot_source == 3) & (rank == 0)
     f3 = freq(first, 8, 12)
     assert chi_square(f3, f3.sum() / 4) < loose_bound(3)
+
+
+def test_draw_ranking_is_the_same_by_comparison_and_by_sort():
+    offsets = make_pool([7, 0, 12, 3, 9, 1])
+    priority = jax.random.normal(jax.random.key(3), (POOL,)).round(1)  # rounded: ties
+    budgets = jnp.array([4, 2, 12, 5, 1, 1, 0], jnp.int32)
+    key = jax.random.key(4)
+    by_comparison = draw_from_pool(
+        key, budgets, offsets, num_draws=SLOTS, max_per_source=POOL, priority=priority
+    )
+    by_sort = draw_from_pool(
+        key, budgets, offsets, num_draws=SLOTS, max_per_source=200, priority=priority
+    )
+    np.testing.assert_array_equal(np.asarray(by_comparison.indices), np.asarray(by_sort.indices))
+    check_draws(by_sort, budgets, offsets, priority)

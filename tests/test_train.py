@@ -139,15 +139,22 @@ def test_train_chunk_with_inactive_steps_equals_fewer_plain_steps():
     trainer = Trainer(reward_fn=model.reward_fn)
     params = init_members(model, jax.random.key(0), 2)
     state = jax.vmap(trainer.init_state)(params)
-    batches = [separable_batch(16, seed=s) for s in range(4)]
-    stacked = jax.tree.map(lambda *x: jnp.stack([jnp.stack([leaf, leaf]) for leaf in x]), *batches)
+    pairs = separable_batch(64)
+    rows = np.arange(64, dtype=np.int32).reshape(4, 1, 16).repeat(2, axis=1)
+    rows[:, 1] = rows[:, 1, ::-1]  # the second member sees its batches in another order
+    mask = np.ones((4, 2, 16), np.float32)
+    mask[1, :, 8:] = 0.0  # half of step 2 is padding
     active = jnp.array([True, True, False, False])
-    chunk_state, losses = jax.jit(trainer.train_chunk)(state, stacked, active)
+    chunk_state, losses = jax.jit(trainer.train_chunk)(state, pairs, rows, mask, active)
 
     expected = state
-    for batch in batches[:2]:
-        pair = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), batch)
-        expected, _ = jax.vmap(trainer.train_step)(expected, pair)
+    for step in range(2):
+        batch = PairBatch(
+            chosen=pairs.chosen[rows[step]],
+            rejected=pairs.rejected[rows[step]],
+            weight=pairs.weight[rows[step]] * mask[step],
+        )
+        expected, _ = jax.vmap(trainer.train_step)(expected, batch)
     for got, want in zip(jax.tree.leaves(chunk_state), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
     assert losses.shape == (4, 2)
