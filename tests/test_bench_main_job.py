@@ -1,0 +1,39 @@
+"""Smoke test of the main-job benchmark script (runs configs/tiny.toml through the CLI)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "main_job.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_main_job", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_benchmark_times_the_cli_end_to_end(tmp_path, capsys):
+    out_path = tmp_path / "bench.json"
+
+    report = load_bench().main(["--smoke", "--json", str(out_path)])
+
+    assert report["job"] == "mars-jax run configs/tiny.toml"
+    assert report["methods"] == ["none", "uniform", "west_of_n", "mars"]
+    assert len(report["runs"]) == report["repeats"] == 1
+    run = report["runs"][0]
+    assert run["wall_s"] >= run["run_s"] > 0
+    assert run["import_jax_s"] > 0
+    assert report["ratio"] > 0
+    assert report["under_target"] == (report["wall_s"] < report["target_s"])
+    for method in report["methods"]:
+        assert run["methods"][method]["rounds"] == 2
+        assert run["methods"][method]["seconds"] > 0
+        assert 0 <= run["methods"][method]["accuracy"] <= 1
+    assert json.loads(out_path.read_text()) == report
+    out = capsys.readouterr().out
+    assert "| mars-jax run configs/tiny.toml | 1 |" in out
+    assert "| west_of_n | 2 |" in out
