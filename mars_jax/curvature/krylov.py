@@ -1,0 +1,256 @@
+"""Lanczos tridiagonalisation of a symmetric operator on pytrees, as one compiled loop.
+
+``order`` steps (``m``) of Lanczos build an orthonormal Krylov basis ``V`` (``m`` vectors,
+stored as a stack: every leaf gets a leading axis ``m``) and the tridiagonal
+``T = V^T A V`` with diagonal ``alphas[m]`` and off-diagonal ``betas[m - 1]``. The
+eigenvalues of ``T`` (Ritz values) approximate the extreme eigenvalues of ``A`` after far
+fewer operator applications than power iteration, and its eigenvectors give the quadrature
+of :mod:`mars_jax.curvature.density`. The loop is a ``lax.fori_loop``: the operator is
+traced once, so compile time does not grow with ``order``.
+
+Full reorthogonalisation (the default) removes the components of each new vector along all
+earlier ones, twice (classical Gram-Schmidt twice), which keeps ``V`` orthonormal and the
+Ritz values free of spurious copies, at ``O(m P)`` memory for the basis. Without it only
+the last two vectors are kept (``O(P)`` memory), as in textbook Lanczos.
+
+Breakdown: when the new residual is numerically 0 (the Krylov space is invariant, e.g. an
+operator with fewer distinct eigenvalues than ``order``), its ``beta`` is set to 0 and the
+iteration restarts from a fixed pseudo-random vector orthogonalised against the basis
+(against the last two vectors without reorthogonalisation). ``T`` then splits into blocks,
+each of them Ritz values of ``A``; no NaN arises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from mars_jax.curvature._json import to_builtin
+from mars_jax.curvature.trees import (
+    dependence_rtol,
+    stack_combine,
+    stack_project_out,
+    tree_axpy,
+    tree_dot,
+    tree_dtype,
+    tree_norm,
+    tree_normalize,
+    tree_random_like,
+    tree_size,
+)
+from mars_jax.types import PyTree
+
+__all__ = [
+    "LanczosResult",
+    "RitzResult",
+    "lanczos",
+    "lanczos_eigenvalues",
+    "tridiagonal_eigh",
+]
+
+Matvec = Callable[[PyTree], PyTree]
+WHICH = ("largest", "smallest", "magnitude")
+_RESTART_SEED = 0x5EED
+
+
+class LanczosResult(NamedTuple):
+    """The tridiagonal of ``m`` Lanczos steps.
+
+    Attributes:
+      alphas: ``[m]`` diagonal of ``T``.
+      betas: ``[m - 1]`` off-diagonal of ``T`` (0 where the iteration broke down).
+      residual_norm: scalar ``beta_m``, the norm of the residual after the last step
+        (``A V = V T + beta_m v_{m+1} e_m^T``); 0 when the Krylov space is invariant.
+      basis: the Krylov basis as a stack (leaves ``[m, ...]``) when requested, else None.
+    """
+
+    alphas: jax.Array
+    betas: jax.Array
+    residual_norm: jax.Array
+    basis: PyTree | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The tridiagonal as plain Python lists (the basis is left out)."""
+        return {
+            "alphas": to_builtin(self.alphas),
+            "betas": to_builtin(self.betas),
+            "residual_norm": to_builtin(self.residual_norm),
+        }
+
+
+class RitzResult(NamedTuple):
+    """``k`` Ritz pairs from Lanczos.
+
+    Attributes:
+      eigenvalues: ``[k]`` Ritz values in the order asked for.
+      residuals: ``[k]`` estimates ``|beta_m s_{m,i}|`` of ``||A x_i - theta_i x_i||`` for unit
+        Ritz vectors ``x_i`` (``s_i`` the eigenvectors of ``T``); small means converged.
+      eigenvectors: the Ritz vectors as a stack (leaves ``[k, ...]``) when requested, else
+        None.
+    """
+
+    eigenvalues: jax.Array
+    residuals: jax.Array
+    eigenvectors: PyTree | None
+
+    def to_json(self) -> dict[str, Any]:
+        """Ritz values and residuals as plain Python lists (the vectors are left out)."""
+        return {
+            "eigenvalues": to_builtin(self.eigenvalues),
+            "residuals": to_builtin(self.residuals),
+        }
+
+
+def lanczos(
+    matvec: Matvec,
+    init_vector: PyTree,
+    *,
+    order: int,
+    reorthogonalize: bool = True,
+    return_basis: bool = False,
+) -> LanczosResult:
+    """``order`` steps of Lanczos on a symmetric ``A`` from ``init_vector``.
+
+    Args:
+      matvec: symmetric ``A``: ``matvec(vector) -> vector``.
+      init_vector: nonzero pytree to start from (normalised here).
+      order: number of steps ``m`` (static, ``1 <= m <= P``).
+      reorthogonalize: Gram-Schmidt (twice) against the whole basis at every step.
+      return_basis: also return the basis (``m`` vectors; kept anyway when
+        reorthogonalising).
+
+    Returns:
+      :class:`LanczosResult`.
+    """
+    size = tree_size(init_vector)
+    if not 1 <= order <= size:
+        raise ValueError(f"order must be in [1, {size}] (the operator's size), got {order}")
+    dtype = tree_dtype(init_vector)
+    rtol = dependence_rtol(dtype)
+    keep_basis = reorthogonalize or return_basis
+    first = tree_normalize(init_vector)
+    zero_vector = jax.tree.map(jnp.zeros_like, first)
+    basis = None
+    if keep_basis:
+        basis = jax.tree.map(
+            lambda leaf: jnp.zeros((order, *leaf.shape), leaf.dtype).at[0].set(leaf), first
+        )
+
+    def orthogonalize(vector: PyTree, basis: PyTree, previous: PyTree, current: PyTree) -> PyTree:
+        if reorthogonalize:
+            return stack_project_out(basis, stack_project_out(basis, vector))
+        for known in (previous, current):
+            vector = tree_axpy(-tree_dot(known, vector), known, vector)
+        return vector
+
+    def restart(step: jax.Array, basis: PyTree, previous: PyTree, current: PyTree) -> PyTree:
+        key = jax.random.fold_in(jax.random.key(_RESTART_SEED), step)
+        fresh = tree_random_like(key, current, kind="normal")
+        return tree_normalize(orthogonalize(fresh, basis, previous, current))
+
+    def body(step: jax.Array, carry: tuple) -> tuple:
+        basis, previous, current, beta_previous, alphas, betas = carry
+        image = matvec(current)
+        alpha = tree_dot(current, image)
+        residual = tree_axpy(-alpha, current, tree_axpy(-beta_previous, previous, image))
+        residual = orthogonalize(residual, basis, previous, current)
+        beta = tree_norm(residual)
+        breakdown = beta <= rtol * tree_norm(image)
+        following = jax.lax.cond(
+            breakdown,
+            lambda: restart(step, basis, previous, current),
+            lambda: tree_normalize(residual),
+        )
+        beta = jnp.where(breakdown, 0.0, beta).astype(dtype)
+        if keep_basis:
+            basis = jax.tree.map(
+                lambda stack, leaf: stack.at[step + 1].set(leaf, mode="drop"), basis, following
+            )
+        return (
+            basis,
+            current,
+            following,
+            beta,
+            alphas.at[step].set(alpha),
+            betas.at[step].set(beta),
+        )
+
+    init = (
+        basis,
+        zero_vector,
+        first,
+        jnp.zeros((), dtype),
+        jnp.zeros((order,), dtype),
+        jnp.zeros((order,), dtype),
+    )
+    basis, _, _, _, alphas, betas = jax.lax.fori_loop(0, order, body, init)
+    return LanczosResult(
+        alphas=alphas,
+        betas=betas[:-1],
+        residual_norm=betas[-1],
+        basis=basis if return_basis else None,
+    )
+
+
+def tridiagonal_eigh(alphas: jax.Array, betas: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigen-decomposition of the symmetric tridiagonal ``T`` (``[m]`` and ``[m - 1]``).
+
+    Returns:
+      ``(eigenvalues[m], eigenvectors[m, m])``, ascending, eigenvectors in the columns.
+    """
+    matrix = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
+    return jnp.linalg.eigh(matrix)
+
+
+def lanczos_eigenvalues(
+    matvec: Matvec,
+    init_vector: PyTree,
+    *,
+    order: int,
+    num_eigenvalues: int = 1,
+    which: str = "largest",
+    reorthogonalize: bool = True,
+    return_vectors: bool = False,
+) -> RitzResult:
+    """``k`` extreme Ritz values (and vectors) of ``A`` from ``order`` Lanczos steps.
+
+    Args:
+      matvec: symmetric ``A``: ``matvec(vector) -> vector``.
+      init_vector: nonzero pytree to start from.
+      order: Lanczos steps ``m`` (static, ``k <= m <= P``).
+      num_eigenvalues: ``k`` (static).
+      which: "largest" (descending), "smallest" (ascending) or "magnitude" (descending
+        ``|lambda|``).
+      reorthogonalize: full reorthogonalisation (see :func:`lanczos`).
+      return_vectors: also form the Ritz vectors ``V^T s_i`` (needs the basis).
+
+    Returns:
+      :class:`RitzResult` of ``k`` pairs.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    if not 1 <= num_eigenvalues <= order:
+        raise ValueError(f"num_eigenvalues must be in [1, order={order}], got {num_eigenvalues}")
+    result = lanczos(
+        matvec,
+        init_vector,
+        order=order,
+        reorthogonalize=reorthogonalize,
+        return_basis=return_vectors,
+    )
+    values, vectors = tridiagonal_eigh(result.alphas, result.betas)
+    if which == "largest":
+        chosen = jnp.argsort(-values)[:num_eigenvalues]
+    elif which == "smallest":
+        chosen = jnp.argsort(values)[:num_eigenvalues]
+    else:
+        chosen = jnp.argsort(-jnp.abs(values))[:num_eigenvalues]
+    coefficients = vectors[:, chosen]
+    residuals = jnp.abs(result.residual_norm * coefficients[-1])
+    eigenvectors = None
+    if return_vectors:
+        eigenvectors = jax.vmap(stack_combine, in_axes=(1, None))(coefficients, result.basis)
+    return RitzResult(values[chosen], residuals, eigenvectors)
