@@ -63,6 +63,40 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress display or table")
 
+    curvature = commands.add_parser(
+        "curvature",
+        help="curvature report of a saved model on a subset or a pairs file",
+        description=(
+            "Estimate the top eigenvalues, trace and spectral density of the loss Hessian "
+            "(and/or Gauss-Newton matrix) of a model saved in RUN_DIR/models/METHOD, on one "
+            "of the run's subsets or on a .npz file of pairs (fields chosen, rejected and "
+            "optionally weight). Writes a JSON report and prints a summary."
+        ),
+        epilog=(
+            "example: mars-jax curvature runs/default-20261126-101500 --method mars "
+            '--subset lowest_margin curvature.operators=\'["hessian","ggn"]\''
+        ),
+    )
+    curvature.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    curvature.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="SECTION.KEY=VALUE",
+        help="overrides of the run's config, e.g. curvature.power_iters=50",
+    )
+    curvature.add_argument("--method", default="mars", help="saved model to analyse")
+    source = curvature.add_mutually_exclusive_group()
+    source.add_argument(
+        "--subset",
+        choices=("base", "lowest_margin", "heldout", "pool"),
+        default="base",
+        help="pairs of the run to use (default: base)",
+    )
+    source.add_argument("--data", type=Path, help="a .npz file of pairs instead of a subset")
+    curvature.add_argument(
+        "--out", type=Path, help="report file (default: RUN_DIR/curvature/METHOD-SUBSET.json)"
+    )
+
     show = commands.add_parser(
         "config",
         help="print the resolved configuration, or every key with --keys",
@@ -128,6 +162,25 @@ def _command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_curvature(args: argparse.Namespace) -> int:
+    from mars_jax.outputs import write_json_atomic
+    from mars_jax.report import curvature_table, make_console
+    from mars_jax.saved_run import load_run, saved_model_curvature
+
+    name = args.data.stem if args.data else args.subset
+    out = args.out or args.run_dir / "curvature" / f"{args.method}-{name}.json"
+    if out.exists():
+        raise MarsError(f"{out}: exists; remove it or choose another file with --out")
+    run = load_run(args.run_dir, args.overrides)
+    report = saved_model_curvature(
+        run, args.method, subset=None if args.data else args.subset, pairs_file=args.data
+    )
+    write_json_atomic(out, report)
+    make_console().print(curvature_table(report))
+    print(f"report: {out}")
+    return 0
+
+
 def _command_config(args: argparse.Namespace) -> int:
     from mars_jax.config import config_to_dict, describe_config, load_config
 
@@ -154,15 +207,30 @@ def _toml_value(value: object) -> str:
     return repr(value)
 
 
+def _take_overrides(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extra: Sequence[str]
+) -> None:
+    """Accept SECTION.KEY=VALUE overrides given after options (argparse leaves them over)."""
+    unknown = [arg for arg in extra if arg.startswith("-") or "=" not in arg]
+    if unknown or (extra and args.command not in ("run", "config", "curvature")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    target = "overrides" if args.command == "curvature" else "args"
+    if extra:
+        setattr(args, target, [*getattr(args, target), *extra])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mars-jax``; returns the exit status."""
     parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        _take_overrides(parser, args, extra)
         if args.command == "run":
             return _command_run(args)
         if args.command == "config":
             return _command_config(args)
+        if args.command == "curvature":
+            return _command_curvature(args)
         parser.print_help()
         return 0
     except MarsError as error:

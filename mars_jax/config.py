@@ -38,6 +38,7 @@ __all__ = [
     "REFINE_METHODS",
     "Config",
     "ConfigError",
+    "CurvatureConfig",
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
@@ -186,6 +187,34 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CurvatureConfig:
+    """Per-round curvature of the Bradley-Terry loss (off by default: it costs matvecs)."""
+
+    enabled: bool = _opt(False, "write a curvature report per method and round")
+    operators: tuple[str, ...] = _opt(
+        ("hessian",),
+        "curvature matrices to analyse: the Hessian and/or the Gauss-Newton matrix",
+        non_empty=True,
+        unique=True,
+        item_choices=("hessian", "ggn"),
+    )
+    power_iters: int = _opt(20, "power iterations for the top eigenvalue", min=1)
+    lanczos_order: int = _opt(20, "Lanczos steps for the top eigenvalues", min=2)
+    num_eigenvalues: int = _opt(3, "top eigenvalues reported from Lanczos", min=1)
+    trace_probes: int = _opt(20, "Hutchinson probes for the trace", min=2)
+    density_order: int = _opt(20, "Lanczos steps per spectral-density run", min=2)
+    density_runs: int = _opt(4, "probes (runs) of stochastic Lanczos quadrature", min=1)
+    lowest_k: int = _opt(128, "size of the lowest-|margin| subset of base pairs", min=1)
+    max_pairs: int = _opt(4096, "subsets larger than this are subsampled to this many pairs", min=1)
+    precision: str = _opt(
+        "highest",
+        "matmul precision of curvature products",
+        choices=("default", "high", "highest"),
+    )
+    float64: bool = _opt(False, "compute in float64 (CPU validation; slower)")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where and how results are written."""
 
@@ -203,6 +232,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
@@ -459,9 +489,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
     values: _Values = {}
     if path is not None:
         _load_file(values, Path(path), ())
-    for text in overrides:
-        section, name, value = _parse_override(text)
-        _set_value(values, f"override {text!r}", section, name, value)
+    _apply_overrides(values, overrides)
     return _build(values)
 
 
@@ -476,16 +504,24 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     }
 
 
-def config_from_dict(d: Mapping[str, Any], *, source: str) -> Config:
+def config_from_dict(d: Mapping[str, Any], *, source: str, overrides: Sequence[str] = ()) -> Config:
     """The validated config from a ``config_to_dict``-style dict; missing keys take defaults.
 
-    ``source`` names where ``d`` came from (e.g. a file path) in error messages.
+    ``source`` names where ``d`` came from (e.g. a file path) in error messages;
+    ``overrides`` (``section.key=value``) apply on top, as in :func:`load_config`.
     """
     if not isinstance(d, Mapping):
         raise ConfigError(f"{source}: expected a table of sections, got {_describe(d)}")
     values: _Values = {}
     _apply_table(values, source, d)
+    _apply_overrides(values, overrides)
     return _build(values)
+
+
+def _apply_overrides(values: _Values, overrides: Sequence[str]) -> None:
+    for text in overrides:
+        section, name, value = _parse_override(text)
+        _set_value(values, f"override {text!r}", section, name, value)
 
 
 def config_hash(config: Config) -> str:

@@ -9,7 +9,6 @@ one JSON line per round as it goes.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -21,10 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from mars_jax import __version__
+from mars_jax.checkpoint import save_params
 from mars_jax.config import Config, config_hash, config_to_dict
+from mars_jax.curvature.report import CurvatureSettings
 from mars_jax.data.synthetic import make_synthetic_suite
 from mars_jax.models.heads import init_members, mlp_reward_model
-from mars_jax.plots import plot_accuracy, plot_margin_histograms
+from mars_jax.outputs import (
+    compact_curvature,
+    write_curvature_plots,
+    write_json_atomic,
+    write_plots,
+)
 from mars_jax.refine import RefineData, Refiner, RefineSettings, RoundSummary
 from mars_jax.train import LossSettings, OptimizerSettings, Trainer
 from mars_jax.types import PairBatch
@@ -32,10 +38,9 @@ from mars_jax.types import PairBatch
 __all__ = [
     "build_data",
     "build_trainer",
+    "curvature_settings",
     "refine_settings",
     "run_experiment",
-    "write_json_atomic",
-    "write_plots",
 ]
 
 RoundCallback = Callable[[RoundSummary], None]
@@ -90,6 +95,25 @@ def refine_settings(config: Config, method: str) -> RefineSettings:
         histogram_bins=evaluation.histogram_bins,
         calibration_bins=evaluation.calibration_bins,
         num_bootstrap=evaluation.num_bootstrap,
+        curvature=curvature_settings(config) if config.curvature.enabled else None,
+        curvature_lowest_k=config.curvature.lowest_k,
+    )
+
+
+def curvature_settings(config: Config) -> CurvatureSettings:
+    """The curvature estimators' settings under ``config``."""
+    curvature = config.curvature
+    return CurvatureSettings(
+        operators=curvature.operators,
+        power_iters=curvature.power_iters,
+        lanczos_order=curvature.lanczos_order,
+        num_eigenvalues=curvature.num_eigenvalues,
+        trace_probes=curvature.trace_probes,
+        density_order=curvature.density_order,
+        density_runs=curvature.density_runs,
+        max_pairs=curvature.max_pairs,
+        precision=curvature.precision,
+        float64=curvature.float64,
     )
 
 
@@ -123,7 +147,8 @@ def run_experiment(
     """Run every configured method and write the run directory.
 
     Writes ``config.json`` first, then ``metrics.jsonl`` (one line per method and round,
-    flushed as rounds finish), then ``summary.json`` and, if enabled, the plots.
+    flushed as rounds finish) and, if enabled, ``curvature/METHOD/round-R.json``; after each
+    method its final model under ``models/METHOD/``; then ``summary.json`` and the plots.
 
     Args:
       config: a validated configuration.
@@ -155,6 +180,12 @@ def run_experiment(
             for _ in range(config.refine.rounds):
                 state, summary = refiner.run_round(state, data)
                 record = summary.to_json()
+                if summary.curvature is not None:
+                    write_json_atomic(
+                        run_dir / "curvature" / method / f"round-{summary.round}.json",
+                        {"method": method, "round": summary.round, **summary.curvature},
+                    )
+                    record["curvature"] = compact_curvature(summary.curvature)
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 rounds.append(record)
@@ -172,6 +203,11 @@ def run_experiment(
                 "seconds": sum(r["seconds"] for r in rounds),
             }
             history[method] = rounds
+            save_params(
+                run_dir / "models" / method,
+                state.train.params,
+                {"method": method, "num_members": settings.num_members, "rounds": len(rounds)},
+            )
 
     summary = {
         "version": __version__,
@@ -189,35 +225,9 @@ def run_experiment(
     write_json_atomic(run_dir / "summary.json", summary)
     if config.output.plots:
         write_plots(run_dir / "plots", history)
+        if config.curvature.enabled:
+            write_curvature_plots(run_dir / "plots" / "curvature", run_dir / "curvature", history)
     return summary
-
-
-def write_plots(plot_dir: Path, history: dict[str, list[dict[str, Any]]]) -> None:
-    """Held-out accuracy per round per method, and base-margin histograms per round."""
-    accuracy = {m: [r["heldout"]["accuracy"] for r in rounds] for m, rounds in history.items()}
-    intervals = None
-    if all("accuracy_lower" in r["heldout"] for rounds in history.values() for r in rounds):
-        intervals = {
-            m: [(r["heldout"]["accuracy_lower"], r["heldout"]["accuracy_upper"]) for r in rounds]
-            for m, rounds in history.items()
-        }
-    plot_accuracy(plot_dir / "accuracy.png", accuracy, intervals=intervals)
-    histograms = {
-        m: [(np.asarray(r["histogram_counts"]), np.asarray(r["histogram_edges"])) for r in rounds]
-        for m, rounds in history.items()
-    }
-    plot_margin_histograms(plot_dir / "margins.png", histograms)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _plain(info: dict[str, Any]) -> dict[str, Any]:

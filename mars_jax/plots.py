@@ -1,4 +1,4 @@
-"""PNG plots for a MARS run directory: per-round metrics and base-pair margin histograms.
+"""PNG plots for a MARS run directory: per-round metrics, margin histograms, spectra.
 
 Everything is drawn with matplotlib's object API (``Figure`` + ``FigureCanvasAgg``), so no
 pyplot global state is touched, no window is ever opened and plotting is thread-safe.
@@ -13,18 +13,25 @@ import contextlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["plot_accuracy", "plot_margin_histograms", "plot_metric_rounds"]
+__all__ = [
+    "plot_accuracy",
+    "plot_margin_histograms",
+    "plot_metric_rounds",
+    "plot_spectral_densities",
+]
 
 _DPI = 120
 _MAX_COLUMNS = 3
@@ -154,31 +161,92 @@ def plot_margin_histograms(
     Returns:
       The path of the written PNG.
     """
-    if not histograms:
-        raise ValueError("plot_margin_histograms needs at least one method")
-    n_methods = len(histograms)
+
+    def draw(ax: Axes, method: str, r: int, item: tuple[np.ndarray, np.ndarray], color) -> None:
+        counts, edges = (np.asarray(a, dtype=float).reshape(-1) for a in item)
+        if edges.size != counts.size + 1:
+            raise ValueError(
+                f"method {method!r} round {r + 1}: {counts.size} counts need "
+                f"{counts.size + 1} edges, got {edges.size}"
+            )
+        ax.stairs(counts, edges, color=color, linewidth=1.4)
+
+    return _round_panels(
+        path,
+        histograms,
+        draw,
+        title=title,
+        xlabel="margin r(chosen) - r(rejected)",
+        ylabel="count",
+        zero_line=True,
+    )
+
+
+def plot_spectral_densities(
+    path: str | os.PathLike[str],
+    densities: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+    *,
+    title: str = "Spectral density of the loss Hessian per round",
+) -> Path:
+    """Plot each method's per-round spectral densities (log scale) and write a PNG.
+
+    Args:
+      path: target PNG file; missing parent directories are created.
+      densities: method name -> per-round ``(grid[G], density[G])``.
+      title: figure title.
+
+    Returns:
+      The path of the written PNG.
+    """
+
+    def draw(ax: Axes, method: str, r: int, item: tuple[np.ndarray, np.ndarray], color) -> None:
+        grid, density = (np.asarray(a, dtype=float).reshape(-1) for a in item)
+        if grid.size != density.size:
+            raise ValueError(
+                f"method {method!r} round {r + 1}: grid of {grid.size} points for "
+                f"{density.size} density values"
+            )
+        ax.plot(grid, np.maximum(density, _DENSITY_FLOOR), color=color, linewidth=1.4)
+        ax.set_yscale("log")
+
+    return _round_panels(
+        path, densities, draw, title=title, xlabel="eigenvalue", ylabel="density", zero_line=True
+    )
+
+
+_DENSITY_FLOOR = 1e-8
+
+
+def _round_panels(
+    path: str | os.PathLike[str],
+    series: Mapping[str, Sequence[Any]],
+    draw: Callable[[Axes, str, int, Any, Any], None],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    zero_line: bool,
+) -> Path:
+    """One subplot per method, one curve per round coloured light (early) to dark (late)."""
+    if not series:
+        raise ValueError("a per-round plot needs at least one method")
+    n_methods = len(series)
     n_cols = min(_MAX_COLUMNS, n_methods)
     n_rows = math.ceil(n_methods / n_cols)
-    max_rounds = max(1, *(len(h) for h in histograms.values()))
+    max_rounds = max(1, *(len(items) for items in series.values()))
     colors = _round_colors(max_rounds)
     with _figure(4.2 * n_cols + 1.0, 3.3 * n_rows + 0.6) as fig:
         axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=False).ravel()
-        for ax, (method, rounds) in zip(axes, histograms.items(), strict=False):
-            for r, (counts, edges) in enumerate(rounds):
-                counts_arr = np.asarray(counts, dtype=float).reshape(-1)
-                edges_arr = np.asarray(edges, dtype=float).reshape(-1)
-                if edges_arr.size != counts_arr.size + 1:
-                    raise ValueError(
-                        f"method {method!r} round {r + 1}: {counts_arr.size} counts need "
-                        f"{counts_arr.size + 1} edges, got {edges_arr.size}"
-                    )
-                ax.stairs(counts_arr, edges_arr, color=colors[r], linewidth=1.4)
+        for ax, (method, rounds) in zip(axes, series.items(), strict=False):
+            for r, item in enumerate(rounds):
+                draw(ax, method, r, item, colors[r])
             if not rounds:
                 ax.text(0.5, 0.5, "no rounds", ha="center", va="center", transform=ax.transAxes)
-            ax.axvline(0.0, color="black", linestyle="--", linewidth=0.9)
+            if zero_line:
+                ax.axvline(0.0, color="black", linestyle="--", linewidth=0.9)
             ax.set_title(method)
-            ax.set_xlabel("margin r(chosen) - r(rejected)")
-            ax.set_ylabel("count")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
         for ax in axes[n_methods:]:
             ax.set_visible(False)
         norm = BoundaryNorm(np.arange(0.5, max_rounds + 1.5), max_rounds)

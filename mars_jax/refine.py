@@ -41,6 +41,7 @@ from mars_jax.allocation import (
     mars_weights,
     pool_size_weights,
 )
+from mars_jax.curvature.report import CurvatureSettings, curvature_report
 from mars_jax.metrics import bootstrap_ci, evaluate_margins
 from mars_jax.train import Trainer, TrainState
 from mars_jax.types import PairBatch, Pool, PyTree, tree_concat, tree_take
@@ -54,6 +55,8 @@ __all__ = [
     "RoundState",
     "RoundSummary",
     "allocate_round",
+    "ensemble_reward_fn",
+    "lowest_margin_pairs_of",
     "margin_distance",
 ]
 
@@ -82,6 +85,8 @@ class RefineSettings:
     histogram_bins: int = 30
     calibration_bins: int = 10
     num_bootstrap: int = 1000
+    curvature: CurvatureSettings | None = None
+    curvature_lowest_k: int = 128
 
     @property
     def num_members(self) -> int:
@@ -128,7 +133,8 @@ class RoundSummary:
     was (the largest per-pair budget; the fraction of base pairs that got none).
     ``timings`` holds the seconds of each phase: score_pool (West-of-N ranks the pool by
     its current margins), allocate (weights, budgets and draws), train, score (the base
-    set, reused by the next allocation) and evaluate.
+    set, reused by the next allocation), evaluate, and curvature when enabled.
+    ``curvature`` is the round's curvature report (see :meth:`Refiner.curvature`).
     """
 
     method: str
@@ -149,6 +155,7 @@ class RoundSummary:
     heldout: dict[str, float]
     timings: dict[str, float]
     seconds: float
+    curvature: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict of Python scalars and lists."""
@@ -238,6 +245,28 @@ def allocate_round(
     return Allocation(budgets=budgets, base_weights=base_weights, draws=draws)
 
 
+def lowest_margin_pairs_of(pairs: PairBatch, margins: np.ndarray, *, k: int) -> PairBatch:
+    """The ``k`` pairs with the smallest ``|margins|`` (``[B]``), in order of ``|margin|``."""
+    lowest = np.argsort(np.abs(np.asarray(margins)), kind="stable")[:k]
+    return PairBatch(
+        tree_take(pairs.chosen, lowest), tree_take(pairs.rejected, lowest), pairs.weight[lowest]
+    )
+
+
+@functools.cache
+def ensemble_reward_fn(trainer: Trainer):
+    """The model's reward ``reward(params, inputs) -> [B]`` over member-stacked params.
+
+    The mean over the members (the model itself when ``M = 1``). Cached per trainer, so
+    functions compiled for it are reused.
+    """
+
+    def reward(params: PyTree, inputs: PyTree) -> jax.Array:
+        return trainer.member_rewards(params, inputs).mean(axis=0)
+
+    return reward
+
+
 @dataclass(frozen=True)
 class Refiner:
     """Maps a :class:`RoundState` to the next for one method (see module docstring)."""
@@ -276,7 +305,7 @@ class Refiner:
         """One round: allocate from the current margins, draw, train, evaluate."""
         settings = self.settings
         clock = _Stopwatch()
-        key, alloc_key, train_key, boot_key = _split_round_key(state.key)
+        key, alloc_key, train_key, boot_key, curvature_key = _split_round_key(state.key)
 
         draw_count = self._round_budget(state)
         priority = None
@@ -312,6 +341,10 @@ class Refiner:
         clock.lap("evaluate")
 
         mean_margins = np.asarray(base_margins).mean(axis=0)
+        curvature = None
+        if settings.curvature is not None:
+            curvature = self.curvature(train.params, data, train_set, mean_margins, curvature_key)
+            clock.lap("curvature")
         previous = state.margin_history[-1] if state.margin_history else None
         distance = (
             None
@@ -348,6 +381,7 @@ class Refiner:
             heldout=heldout,
             timings=clock.laps,
             seconds=clock.total(),
+            curvature=curvature,
         )
         return new_state, summary
 
@@ -377,6 +411,40 @@ class Refiner:
             result["accuracy_lower"] = float(interval.lower)
             result["accuracy_upper"] = float(interval.upper)
         return result
+
+    def curvature(
+        self,
+        params: PyTree,
+        data: RefineData,
+        train_set: PairBatch,
+        margins: np.ndarray,
+        key: jax.Array,
+    ) -> dict[str, Any]:
+        """Curvature report of the (member-averaged) model's loss on three subsets.
+
+        ``base``: the base pairs; ``lowest_margin``: the ``curvature_lowest_k`` base pairs
+        with the smallest ``|margins|`` (``[N]``); ``train``: the round's training set
+        with its loss weights.
+        """
+        base = data.base
+        lowest = np.argsort(np.abs(margins), kind="stable")[: self.settings.curvature_lowest_k]
+        subsets = {
+            "base": base,
+            "lowest_margin": PairBatch(
+                tree_take(base.chosen, lowest),
+                tree_take(base.rejected, lowest),
+                base.weight[lowest],
+            ),
+            "train": train_set,
+        }
+        return curvature_report(
+            ensemble_reward_fn(self.trainer),
+            params,
+            subsets,
+            key,
+            settings=self.settings.curvature,
+            loss=self.trainer.loss,
+        )
 
     def _round_budget(self, state: RoundState) -> int:
         settings = self.settings
@@ -463,7 +531,7 @@ def _jit_train_chunk(trainer: Trainer):
 
 @jax.jit
 def _split_round_key(key: jax.Array) -> tuple[jax.Array, ...]:
-    return tuple(jax.random.split(key, 4))
+    return tuple(jax.random.split(key, 5))
 
 
 @functools.cache

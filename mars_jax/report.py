@@ -13,14 +13,22 @@ from rich.table import Table
 from mars_jax.config import Config
 from mars_jax.refine import RoundSummary
 
-__all__ = ["RunDisplay", "round_table", "summary_table"]
+__all__ = ["RunDisplay", "curvature_table", "make_console", "round_table", "summary_table"]
+
+_MIN_WIDTH = 110
+
+
+def make_console() -> Console:
+    """A console at least 110 columns wide, so tables do not wrap in pipes and logs."""
+    console = Console()
+    return console if console.width >= _MIN_WIDTH else Console(width=_MIN_WIDTH)
 
 
 class RunDisplay:
     """Progress over all (method, round) steps of a run, then the comparison tables."""
 
     def __init__(self, config: Config, *, enabled: bool = True) -> None:
-        self.console = Console(stderr=False)
+        self.console = make_console()
         self.enabled = enabled
         self.show_progress = enabled and config.output.progress
         self.total = len(config.refine.methods) * config.refine.rounds
@@ -106,4 +114,29 @@ def summary_table(summary: dict[str, Any]) -> Table:
             f"{final['calibration_error']:.4f}",
             str(result["budget_spent"]),
         )
+    return table
+
+
+def curvature_table(report: dict[str, Any]) -> Table:
+    """Top eigenvalues and trace per subset and operator of a curvature report."""
+    table = Table(
+        title=f"Loss curvature ({report['dtype']}, matmul precision {report['matmul_precision']}, "
+        f"{report['num_params']} parameters)"
+    )
+    for column in ("subset", "pairs", "operator", "top eigenvalue", "Lanczos top", "trace"):
+        table.add_column(column, justify="left" if column in ("subset", "operator") else "right")
+    for subset, entry in report["subsets"].items():
+        for operator, result in entry.items():
+            if not isinstance(result, dict):
+                continue
+            power, trace = result["top_eigenvalue"], result["trace"]
+            ritz = " ".join(f"{value:.3g}" for value in result["top_eigenvalues"]["eigenvalues"])
+            table.add_row(
+                subset,
+                str(entry["num_pairs"]),
+                operator,
+                f"{power['eigenvalue']:.4g}",
+                ritz,
+                f"{trace['estimate']:.4g} ± {trace['std_error']:.2g}",
+            )
     return table

@@ -424,6 +424,8 @@ def other_value(key: str, value: Any, meta: dict[str, Any]) -> Any:
         return value + 0.25
     if isinstance(value, str):
         return value + "-other"
+    if "item_choices" in meta:
+        return [c for c in meta["item_choices"] if c not in value][:1] or value[:-1]
     return value[:-1] if value else [1]
 
 

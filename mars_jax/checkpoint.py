@@ -1,0 +1,59 @@
+"""Saving and loading trained parameters with Orbax.
+
+A saved model is a folder holding the parameter pytree (an Orbax checkpoint under
+``params/``) and ``model.json`` (what is needed to rebuild its structure: the number of
+ensemble members, and whatever the caller records). Loading restores into the abstract
+tree of a freshly built model, so shapes and dtypes are checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from mars_jax.errors import MarsError
+from mars_jax.types import PyTree
+
+__all__ = ["load_params", "read_model_info", "save_params"]
+
+
+def save_params(folder: Path, params: PyTree, info: dict[str, Any]) -> None:
+    """Write ``params`` and ``info`` (JSON-ready) into a new ``folder``."""
+    folder = Path(folder).absolute()
+    folder.mkdir(parents=True, exist_ok=False)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(folder / "params", params)
+    checkpointer.wait_until_finished()
+    (folder / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def read_model_info(folder: Path) -> dict[str, Any]:
+    """The ``model.json`` of a saved model; a clear error if the folder is not one."""
+    path = Path(folder) / "model.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MarsError(f"{folder}: not a saved model (no model.json)") from None
+    except json.JSONDecodeError as error:
+        raise MarsError(f"{path}: line {error.lineno}: invalid JSON: {error.msg}") from None
+
+
+def load_params(folder: Path, like: PyTree) -> PyTree:
+    """Restore the parameters saved in ``folder`` into the structure of ``like``.
+
+    Args:
+      folder: a folder written by :func:`save_params`.
+      like: a pytree (or ``jax.eval_shape`` result) with the expected structure.
+    """
+    target = Path(folder).absolute() / "params"
+    if not target.is_dir():
+        raise MarsError(f"{folder}: not a saved model (no params/ checkpoint)")
+    abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), like)
+    try:
+        return ocp.StandardCheckpointer().restore(target, abstract)
+    except (ValueError, KeyError) as error:
+        raise MarsError(f"{target}: does not match the model of its run: {error}") from None
