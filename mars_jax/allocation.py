@@ -107,8 +107,9 @@ def largest_remainder_budgets(weights: jax.Array, *, budget: int, key: jax.Array
     """Integer budgets ``b`` with ``sum(b) == budget``, close to ``budget * weights``.
 
     Each ``b_i`` is ``floor(budget * q_i)`` plus one unit for the pairs with the largest
-    remainders (``q = weights / sum(weights)``); ties between equal remainders are broken
-    by a random order drawn from ``key``. A larger weight never gets a smaller budget.
+    remainders (``q = weights / sum(weights)``); equal remainders go to the larger weight,
+    and exact ties are broken in a random order drawn from ``key``. A larger weight never
+    gets a smaller budget.
     Quotas are float32 (unless x64 is enabled), so keep ``budget`` below ``2**24``.
 
     Args:
@@ -125,36 +126,39 @@ def largest_remainder_budgets(weights: jax.Array, *, budget: int, key: jax.Array
     remainders = (quota - floors).astype(jnp.float32)
     floors = floors.astype(jnp.int32)
     leftover = jnp.clip(budget - jnp.sum(floors), 0, num)
-    # Remainders are in [0, 1): their float32 bit patterns order like their values.
+    # Non-negative float32 values order like their bit patterns read as int32. Equal
+    # remainders go to the larger weight first (so the budget stays monotone in the weight
+    # at float32 resolution), then in a random order.
     remainder_bits = jax.lax.bitcast_convert_type(remainders, jnp.int32)
-    tie_bits = jax.lax.shift_right_logical(
+    weight_bits = jax.lax.bitcast_convert_type(weights.astype(jnp.float32), jnp.int32)
+    random_bits = jax.lax.shift_right_logical(
         jax.random.bits(key, (num,), jnp.uint32), jnp.uint32(1)
     ).astype(jnp.int32)
-    extra = _largest(remainder_bits, leftover, tie_bits)
+    extra = _largest((remainder_bits, weight_bits, random_bits), leftover)
     budgets = floors + extra.astype(jnp.int32)
     # A floating-point safety net: the sum is exact unless rounding moved a floor.
     return budgets.at[jnp.argmax(weights)].add(budget - jnp.sum(budgets))
 
 
-def _largest(values: jax.Array, count: jax.Array, tie_break: jax.Array) -> jax.Array:
-    """Mask of the ``count`` largest of ``values`` (``[N]`` int32 >= 0), without sorting.
+def _largest(keys: tuple[jax.Array, ...], count: jax.Array) -> jax.Array:
+    """Mask of the ``count`` largest rows in the lexicographic order of ``keys``.
 
-    A binary search finds the threshold; among values equal to it, the ones with the
-    largest ``tie_break`` (``[N]`` int32 >= 0) are taken, and any remaining tie by index.
-    Sorting is slow on some backends (about 2 ms for 10k floats on CPU); this is
-    ``O(N log range)`` elementwise work.
+    Each key is ``[N]`` int32 >= 0. A binary search finds the threshold of the first key;
+    rows above it are taken, rows equal to it go on to the next key; remaining ties are
+    taken by index. Sorting is slow on some backends (about 2 ms for 10k floats on CPU);
+    this is ``O(N log range)`` elementwise work per key.
     """
-    threshold = _threshold(values, count)
-    above = values > threshold
-    at = values == threshold
-    wanted = count - jnp.sum(above)
-    tie_values = jnp.where(at, tie_break, -1)
-    tie_threshold = _threshold(tie_values, wanted)
-    chosen = tie_values > tie_threshold
-    exact = tie_values == tie_threshold
-    room = wanted - jnp.sum(chosen)
-    chosen = chosen | (exact & (jnp.cumsum(exact) <= room))
-    return above | chosen
+    chosen = jnp.zeros(keys[0].shape, bool)
+    candidates = jnp.ones(keys[0].shape, bool)
+    wanted = count
+    for key in keys:
+        values = jnp.where(candidates, key, -1)
+        threshold = _threshold(values, wanted)
+        above = values > threshold
+        chosen = chosen | above
+        wanted = wanted - jnp.sum(above)
+        candidates = values == threshold
+    return chosen | (candidates & (jnp.cumsum(candidates) <= wanted))
 
 
 def _threshold(values: jax.Array, count: jax.Array) -> jax.Array:

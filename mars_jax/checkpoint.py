@@ -53,7 +53,22 @@ def load_params(folder: Path, like: PyTree) -> PyTree:
     if not target.is_dir():
         raise MarsError(f"{folder}: not a saved model (no params/ checkpoint)")
     abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), like)
-    try:
-        return ocp.StandardCheckpointer().restore(target, abstract)
-    except (ValueError, KeyError) as error:
-        raise MarsError(f"{target}: does not match the model of its run: {error}") from None
+    checkpointer = ocp.StandardCheckpointer()
+    saved = _shapes(checkpointer.metadata(target).item_metadata.tree)
+    expected = _shapes(abstract)
+    if saved != expected:
+        differing = sorted(set(saved.items()) ^ set(expected.items()))[0][0]
+        raise MarsError(
+            f"{target}: does not match the model of its run (first difference at {differing}: "
+            f"saved {saved.get(differing)}, expected {expected.get(differing)})"
+        )
+    return checkpointer.restore(target, abstract)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``'a/b/c' -> shape`` for every array leaf (dict keys compared as strings)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {
+        "/".join(str(getattr(part, "key", part)) for part in path): tuple(leaf.shape)
+        for path, leaf in leaves
+    }
