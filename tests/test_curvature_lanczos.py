@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import symmetric_matrix
 from jax.flatten_util import ravel_pytree
 
 from mars_jax.curvature import (
@@ -21,19 +22,6 @@ from mars_jax.curvature import (
 
 LIKE = {"kernel": jnp.zeros((4, 10)), "bias": jnp.zeros(20)}
 SIZE = 60
-
-
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
-def symmetric_matrix(seed, eigenvalues):
-    """``Q diag(eigenvalues) Q^T`` for a random orthogonal ``Q`` (numpy float64)."""
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
-    return (basis * np.asarray(eigenvalues)) @ basis.T
 
 
 def indefinite_matrix(seed):

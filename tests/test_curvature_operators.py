@@ -35,12 +35,6 @@ WEIGHTS = np.array([1.0, 0.5, 2.0, 1.0, 0.0, 1.0, 3.0, 1.0])
 PADDED = 4
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def linear_reward(params, features):
     return features @ params["theta"]
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import symmetric_matrix
 from jax.flatten_util import ravel_pytree
 
 from mars_jax.curvature import (
@@ -28,19 +29,6 @@ from mars_jax.types import PairBatch
 # A pytree of 30 numbers: the operators act on vectors shaped like this.
 LIKE = {"kernel": jnp.zeros((4, 5)), "bias": jnp.zeros(10)}
 SIZE = 30
-
-
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
-def symmetric_matrix(seed, eigenvalues):
-    """``Q diag(eigenvalues) Q^T`` for a random orthogonal ``Q`` (numpy float64)."""
-    rng = np.random.default_rng(seed)
-    basis, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
-    return (basis * np.asarray(eigenvalues)) @ basis.T
 
 
 def psd_matrix(seed):

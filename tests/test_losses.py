@@ -33,12 +33,6 @@ def transform(request):
     return request.param
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 def np_softplus(x):
     return np.logaddexp(0.0, x)
 

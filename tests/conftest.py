@@ -1,0 +1,21 @@
+"""Shared fixtures and helpers of the test suite."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def x64():
+    """Run the test with 64-bit floats enabled (float64 oracles on CPU)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def symmetric_matrix(seed: int, eigenvalues) -> np.ndarray:
+    """``Q diag(eigenvalues) Q^T`` for a random orthogonal ``Q`` (numpy float64)."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
+    return (basis * np.asarray(eigenvalues)) @ basis.T
