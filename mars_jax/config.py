@@ -66,9 +66,34 @@ def _opt(default: Any, doc: str, **constraints: Any) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The synthetic preference data set."""
+    """The preference data: the built-in synthetic suite, or files of real pairs."""
 
-    suite: str = _opt("synthetic", "which data set", choices=("synthetic",))
+    suite: str = _opt(
+        "synthetic",
+        "which data: the built-in synthetic suite, or preference files (data.paths)",
+        choices=("synthetic", "pairs"),
+    )
+    paths: tuple[str, ...] = _opt(
+        (), "preference files for suite 'pairs' (relative paths: to the working directory)"
+    )
+    format: str = _opt(
+        "auto",
+        "format of the preference files",
+        choices=("auto", "trl", "hh_rlhf", "summarize", "ranked"),
+    )
+    skip_invalid: bool = _opt(False, "skip malformed records (counted) instead of stopping")
+    heldout_fraction: float = _opt(
+        0.2, "share of pairs held out, split by prompt or post (suite 'pairs')", min=0, max=0.9
+    )
+    encoder: str = _opt(
+        "all-MiniLM-L6-v2", "frozen text encoder: all-MiniLM-L6-v2 or a folder in HF layout"
+    )
+    pooling: str = _opt("mean", "pooling of the encoder's token states", choices=("mean", "cls"))
+    max_length: int = _opt(128, "tokens per prompt + response (the prompt is cut first)", min=8)
+    embed_batch_size: int = _opt(64, "texts per batch of the embedding job", min=1)
+    cache_dir: str = _opt(
+        "~/.cache/mars_jax/embeddings", "embedding cache, reused across runs", non_empty=True
+    )
     seed: int = _opt(0, "seed of the data set (independent of the training seed)", min=0)
     num_base_pairs: int = _opt(1000, "labelled base pairs used for training", min=1)
     num_heldout_pairs: int = _opt(2000, "held-out pairs used for evaluation", min=1)
@@ -472,8 +497,11 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def _build(values: _Values) -> Config:
-    """The Config holding ``values``, defaults elsewhere."""
-    return Config(**{name: cls(**values.get(name, {})) for name, (cls, _) in _SCHEMA.items()})
+    """The Config holding ``values``, defaults elsewhere, after the cross-key checks."""
+    config = Config(**{name: cls(**values.get(name, {})) for name, (cls, _) in _SCHEMA.items()})
+    if config.data.suite == "pairs" and not config.data.paths:
+        raise ConfigError("data.paths: suite 'pairs' needs at least one preference file")
+    return config
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:

@@ -48,6 +48,10 @@ RoundCallback = Callable[[RoundSummary], None]
 
 def build_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
     """The run's base pairs, pool and held-out pairs, and a description of them."""
+    if config.data.suite == "pairs":
+        from mars_jax.data.text import build_text_data
+
+        return build_text_data(config)
     data = config.data
     suite = make_synthetic_suite(
         seed=data.seed,
@@ -142,7 +146,11 @@ def build_trainer(config: Config, in_features: int):
 
 
 def run_experiment(
-    config: Config, run_dir: Path, *, on_round: RoundCallback | None = None
+    config: Config,
+    run_dir: Path,
+    *,
+    data: tuple[RefineData, dict[str, Any]] | None = None,
+    on_round: RoundCallback | None = None,
 ) -> dict[str, Any]:
     """Run every configured method and write the run directory.
 
@@ -153,6 +161,7 @@ def run_experiment(
     Args:
       config: a validated configuration.
       run_dir: an existing, empty directory.
+      data: the run's data and its description, if already built (see build_data).
       on_round: called with each round's summary (progress display).
 
     Returns:
@@ -162,7 +171,7 @@ def run_experiment(
     write_json_atomic(
         run_dir / "config.json", {"config": config_to_dict(config), "hash": config_hash(config)}
     )
-    data, data_info = build_data(config)
+    data, data_info = data if data is not None else build_data(config)
     model, trainer = build_trainer(config, int(data.base.chosen.shape[-1]))
     key = jax.random.key(config.train.seed)
     init_key, run_key = jax.random.split(key)

@@ -414,6 +414,8 @@ def other_value(key: str, value: Any, meta: dict[str, Any]) -> Any:
     """A valid value for ``key`` that differs from ``value``."""
     if key == "data.suite":
         return None
+    if key == "data.paths":
+        return [*value, "more-pairs.jsonl"]
     if "choices" in meta:
         return next(c for c in meta["choices"] if c != value)
     if isinstance(value, bool):
@@ -450,6 +452,13 @@ def test_hash_stable_and_sensitive_to_every_key() -> None:
             variant_hash = config_hash(config_from_dict(changed, source="test"))
             assert variant_hash not in seen, dotted
             seen.add(variant_hash)
+
+
+def test_pairs_suite_needs_files() -> None:
+    with pytest.raises(ConfigError, match=r"data\.paths"):
+        load_config(None, ["data.suite=pairs"])
+    config = load_config(None, ["data.suite=pairs", "data.paths=['a.jsonl']"])
+    assert config.data.paths == ("a.jsonl",)
 
 
 def test_describe_config_lists_every_key() -> None:
