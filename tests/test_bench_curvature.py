@@ -1,0 +1,75 @@
+"""Smoke test of the curvature benchmark script (runs with or without the PyTorch peers)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "curvature.py"
+PEERS = ("pyhessian", "hessian-eigenthings")
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_curvature", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_benchmark_reports_positive_numbers(tmp_path, capsys):
+    out_path = tmp_path / "bench.json"
+
+    report = load_bench().main(["--smoke", "--json", str(out_path)])
+
+    assert report["mode"] == "smoke"
+    assert len(report["hvp"]) == 2
+    for row in report["hvp"]:
+        assert row["num_params"] > 0
+        for name in ("grad_s", "hvp_s", "ggn_s", "hvp_over_grad", "ggn_over_grad"):
+            assert row[name] > 0
+        assert row["hvp_over_grad_min"] <= row["hvp_over_grad"] <= row["hvp_over_grad_max"]
+        assert row["loop_hvp_per_product_s"] > 0
+        assert row["linearized_per_product_s"] > 0
+        assert row["met"] == (row["hvp_over_grad"] <= row["target"])
+
+    lanczos = report["lanczos_compile"]
+    assert [row["order"] for row in lanczos["rows"]] == [10, 50, 100]
+    for row in lanczos["rows"]:
+        assert row["compile_min_s"] <= row["compile_s"] <= row["compile_max_s"]
+        assert row["compile_s"] > 0
+        assert row["run_s"] > 0
+    assert lanczos["compile_ratio"] > 0
+
+    (peers,) = report["peers"]  # the smoke mode has no large model
+    assert peers["reference"]["top_eigenvalue"] > 0
+    assert peers["reference"]["trace"] > 0
+    rows = {(row["task"], row["tool"]): row for row in peers["rows"]}
+    for key in (
+        ("top eigenvalue", "mars_jax"),
+        ("trace", "mars_jax (lax.map)"),
+        ("trace", "mars_jax (vmap)"),
+    ):
+        assert rows[key]["time_s"] > 0
+        assert rows[key]["compile_s"] > 0
+        assert rows[key]["estimate"] > 0
+    # same start vector, same iterations: the three power iterations agree (float32)
+    assert rows[("top eigenvalue", "mars_jax")]["rel_diff_reference"] < 0.05
+    for task in ("top eigenvalue", "trace"):
+        for tool in PEERS:
+            row = rows[(task, tool)]
+            if report["peers_status"][tool] != "ok":  # e.g. torch not installed in CI
+                assert row["status"].startswith("not installed")
+                continue
+            assert row["status"] == "ok"
+            assert row["time_s"] > 0
+            assert row["speedup_of_mars_jax"] > 0
+            if task == "top eigenvalue":
+                assert row["rel_diff_mars_jax"] < 1e-3
+            else:
+                assert row["rel_diff_same_probes"] < 1e-3
+
+    assert json.loads(out_path.read_text()) == report
+    out = capsys.readouterr().out
+    assert "### (1) HVP cost against a gradient" in out
+    assert "| top eigenvalue | mars_jax |" in out
