@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import jax
 import numpy as np
 import pytest
@@ -19,3 +23,12 @@ def symmetric_matrix(seed: int, eigenvalues) -> np.ndarray:
     rng = np.random.default_rng(seed)
     basis, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
     return (basis * np.asarray(eigenvalues)) @ basis.T
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/NAME.py`` loaded as a module (benchmarks are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

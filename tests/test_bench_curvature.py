@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "curvature.py"
+from conftest import load_benchmark
+
 PEERS = ("pyhessian", "hessian-eigenthings")
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_curvature", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_smoke_benchmark_reports_positive_numbers(tmp_path, capsys):
     out_path = tmp_path / "bench.json"
 
-    report = load_bench().main(["--smoke", "--json", str(out_path)])
+    report = load_benchmark("curvature").main(["--smoke", "--json", str(out_path)])
 
     assert report["mode"] == "smoke"
     assert len(report["hvp"]) == 2

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "encoder.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_encoder", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_smoke_benchmark_reports_positive_numbers(tmp_path, capsys):
     out_path = tmp_path / "bench.json"
 
-    report = load_bench().main(["--smoke", "--json", str(out_path)])
+    report = load_benchmark("encoder").main(["--smoke", "--json", str(out_path)])
 
     assert report["mode"] == "smoke"
     has_torch = report["torch_status"] == "ok"
@@ -58,7 +49,7 @@ def test_smoke_benchmark_reports_positive_numbers(tmp_path, capsys):
 
 
 def test_smoke_benchmark_without_torch(capsys):
-    report = load_bench().main(["--smoke", "--no-torch", "--repeats", "1"])
+    report = load_benchmark("encoder").main(["--smoke", "--no-torch", "--repeats", "1"])
 
     assert report["torch_status"] == "skipped (--no-torch)"
     assert all("torch_s" not in row for row in report["forward"])

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "group_margins.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_group_margins", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_smoke_benchmark_reports_positive_throughput(tmp_path, capsys):
     out_path = tmp_path / "bench.json"
 
-    report = load_bench().main(["--smoke", "--json", str(out_path)])
+    report = load_benchmark("group_margins").main(["--smoke", "--json", str(out_path)])
 
     methods = [(row["method"], row["chunk_size"]) for row in report["rows"]]
     assert methods == [("chunked", 1024), ("chunked", 4096), ("naive", 0)]

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "main_job.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_main_job", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_smoke_benchmark_times_the_cli_end_to_end(tmp_path, capsys):
     out_path = tmp_path / "bench.json"
 
-    report = load_bench().main(["--smoke", "--json", str(out_path)])
+    report = load_benchmark("main_job").main(["--smoke", "--json", str(out_path)])
 
     assert report["job"] == "mars-jax run configs/tiny.toml"
     assert report["methods"] == ["none", "uniform", "west_of_n", "mars"]

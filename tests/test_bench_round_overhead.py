@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "round_overhead.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_round_overhead", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_smoke_benchmark_reports_positive_phase_times(tmp_path, capsys):
     out_path = tmp_path / "bench.json"
 
-    report = load_bench().main(["--smoke", "--json", str(out_path)])
+    report = load_benchmark("round_overhead").main(["--smoke", "--json", str(out_path)])
 
     assert [row["method"] for row in report["rows"]] == ["mars", "uniform", "west_of_n"]
     assert report["target_met"] is None  # the smoke size is not the target's size
