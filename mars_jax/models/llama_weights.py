@@ -166,7 +166,8 @@ def load_gguf(path: str | os.PathLike[str]) -> tuple[LlamaConfig, dict[str, Any]
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=int(_field(reader, "llama.rope.dimension_count", path, hidden // heads)),
-        rms_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", path)),
+        # stored as float32: 1e-5 reads 9.99999974e-06; keep the decimal it was written as
+        rms_eps=float(f"{_field(reader, 'llama.attention.layer_norm_rms_epsilon', path):.7g}"),
         rope_theta=float(_field(reader, "llama.rope.freq_base", path, 10000.0)),
         tie_embeddings="output.weight" not in tensors,
         max_positions=int(_field(reader, "llama.context_length", path, 8192)),

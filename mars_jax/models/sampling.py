@@ -4,8 +4,8 @@
 key/value cache and gives the first token, then a ``lax.while_loop`` feeds back one token per
 step until ``max_new_tokens`` or until every row has produced ``stop_id``. Greedy when
 ``temperature == 0``; otherwise temperature scaling and nucleus (top-p) filtering.
-Temperature, top-p, the seed and the padding are traced values, so only the shape ``[B, P]``,
-``max_new_tokens`` and the model config select a compilation.
+Temperature, top-p, the seed, the stop token and the padding are traced values, so only the
+shape ``[B, P]``, ``max_new_tokens`` and the model config select a compilation.
 
 :func:`generate_ids` groups token-id prompts by length bucket (``P`` = the smallest of 16, 32,
 64, ... at least the prompt's length, capped at ``max_prompt_tokens``), pads each bucket's
@@ -61,7 +61,7 @@ def _next_tokens(logits, keys, step, temperature, top_p):
     return lax.cond(temperature > 0, sample, greedy, None)
 
 
-@partial(jax.jit, static_argnames=("config", "max_new_tokens", "stop_id"))
+@partial(jax.jit, static_argnames=("config", "max_new_tokens"))
 def sample_tokens(
     params: dict[str, Any],
     tokens: jax.Array,
@@ -71,10 +71,10 @@ def sample_tokens(
     seed: jax.Array,
     temperature: jax.Array,
     top_p: jax.Array,
+    stop_id: jax.Array,
     *,
     config: LlamaConfig,
     max_new_tokens: int,
-    stop_id: int,
 ) -> tuple[jax.Array, jax.Array]:
     """Samples up to ``max_new_tokens`` tokens for each row of a left-padded batch.
 
@@ -87,9 +87,9 @@ def sample_tokens(
       seed: scalar seed.
       temperature: scalar; 0 means greedy.
       top_p: scalar nucleus mass in ``(0, 1]``.
+      stop_id: scalar end-of-turn token id; a row emits it once and then only it.
       config: the model's shapes (static).
       max_new_tokens: the length of the output (static).
-      stop_id: the end-of-turn token id (static); rows emit it once and then only it.
 
     Returns:
       int32 tokens ``[B, max_new_tokens]`` (``stop_id`` after a row's stop) and the number of
@@ -167,9 +167,9 @@ def generate_ids(
                 np.uint32(seed),
                 np.float32(temperature),
                 np.float32(top_p),
+                np.int32(stop_id),
                 config=config,
                 max_new_tokens=max_new_tokens,
-                stop_id=stop_id,
             )
             out = np.asarray(out)
             for r, i in enumerate(rows):
