@@ -16,7 +16,7 @@ from mars_jax.models.llama_weights import load_llama, to_device
 from mars_jax.models.sampling import bucket_length, generate_ids, sample_tokens, top_p_filter
 
 NO_STOP = -1  # a token id that never occurs
-_top_p_filter = jax.jit(top_p_filter)
+_top_p_filter = jax.jit(top_p_filter, static_argnums=2)
 
 
 @pytest.fixture(scope="module")
@@ -110,14 +110,15 @@ def test_tiny_top_p_is_greedy(model):
     assert sampled == _generate(model, PROMPTS)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     logits=st.lists(st.floats(-8, 8), min_size=8, max_size=8),
     top_p=st.floats(0.01, 1.0),
+    candidates=st.sampled_from([256, 2]),  # 2: the nucleus rarely fits, bisection runs
 )
-def test_top_p_keeps_the_smallest_nucleus(logits, top_p):
+def test_top_p_keeps_the_smallest_nucleus(logits, top_p, candidates):
     x = np.asarray(logits, np.float32)
-    kept = np.isfinite(np.asarray(_top_p_filter(x[None], top_p))[0])
+    kept = np.isfinite(np.asarray(_top_p_filter(x[None], top_p, candidates))[0])
     probs = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
     assert kept[np.argmax(x)]
     # every kept token is at least as likely as every dropped one
@@ -128,6 +129,15 @@ def test_top_p_keeps_the_smallest_nucleus(logits, top_p):
     assert probs[kept].sum() >= top_p - 1e-5
     least = kept & (x == x[kept].min())
     assert probs[kept].sum() - probs[least].sum() < top_p + 1e-5
+
+
+def test_bisection_and_top_k_thresholds_agree():
+    logits = jax.random.normal(jax.random.key(2), (16, 300)) * 3
+    for top_p in (0.3, 0.9, 0.99):
+        np.testing.assert_array_equal(
+            np.isfinite(_top_p_filter(logits, top_p, 300)),
+            np.isfinite(_top_p_filter(logits, top_p, 2)),
+        )
 
 
 def test_temperature_sampling_frequencies():

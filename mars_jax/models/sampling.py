@@ -31,20 +31,57 @@ from mars_jax.models.llama import LlamaConfig, forward, init_cache, output_logit
 __all__ = ["bucket_length", "generate_ids", "sample_tokens", "top_p_filter"]
 
 MIN_BUCKET = 16
+BISECTION_STEPS = 40
+TOP_P_CANDIDATES = 256
 
 
-def top_p_filter(logits: jax.Array, top_p: jax.Array | float) -> jax.Array:
+def _bisected_threshold(probs: jax.Array, top_p: jax.Array | float) -> jax.Array:
+    """Per-row nucleus threshold ``[B]`` by bisection of ``[0, max p]`` (no sort)."""
+
+    def halve(_, bounds):
+        low, high = bounds  # mass(low) >= top_p > mass(high)
+        mid = (low + high) / 2
+        reaches = jnp.sum(jnp.where(probs >= mid[:, None], probs, 0.0), axis=-1) >= top_p
+        return jnp.where(reaches, mid, low), jnp.where(reaches, high, mid)
+
+    top = jnp.max(probs, axis=-1)
+    start = (jnp.zeros_like(top), jnp.nextafter(top, jnp.inf))
+    return lax.fori_loop(0, BISECTION_STEPS, halve, start)[0]
+
+
+def top_p_filter(
+    logits: jax.Array, top_p: jax.Array | float, candidates: int = TOP_P_CANDIDATES
+) -> jax.Array:
     """Logits ``[B, V]`` with tokens outside the top-p nucleus set to ``-inf``.
 
     The nucleus is the smallest set of most likely tokens whose probability reaches
-    ``top_p`` (the most likely token is always kept; ties at the threshold are kept).
+    ``top_p`` (the most likely token is always kept; ties at the threshold are kept). When
+    every row's nucleus lies within its ``candidates`` most likely tokens (``lax.top_k``), the
+    threshold is exact from those; otherwise it is found by bisection
+    (:data:`BISECTION_STEPS` halvings, below float32 resolution). A full sort of a 49k
+    vocabulary costs seconds per step on CPU at batch 32.
     """
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(ordered, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    top, _ = lax.top_k(probs, min(candidates, probs.shape[-1]))
+    mass_before = jnp.cumsum(top, axis=-1) - top
     kept = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1), 1)
-    threshold = jnp.take_along_axis(ordered, (kept - 1)[:, None], axis=-1)
-    return jnp.where(logits >= threshold, logits, -jnp.inf)
+    exact = jnp.take_along_axis(top, (kept - 1)[:, None], axis=-1)[:, 0]
+    fits = jnp.all(jnp.sum(top, axis=-1) >= top_p)
+    threshold = lax.cond(fits, lambda: exact, lambda: _bisected_threshold(probs, top_p))
+    return jnp.where(probs >= threshold[:, None], logits, -jnp.inf)
+
+
+def _categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row from ``softmax(logits)`` ``[B, V]`` by inverting its CDF.
+
+    One uniform per row instead of ``jax.random.categorical``'s Gumbel noise over the whole
+    vocabulary (3x faster at batch 32 with 49k tokens on CPU).
+    """
+    probs = jax.nn.softmax(logits, axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.vmap(jax.random.uniform)(keys) * cdf[:, -1]
+    index = jnp.sum(cdf <= u[:, None], axis=-1)
+    return jnp.minimum(index, logits.shape[-1] - 1).astype(jnp.int32)
 
 
 def _next_tokens(logits, keys, step, temperature, top_p):
@@ -53,7 +90,7 @@ def _next_tokens(logits, keys, step, temperature, top_p):
     def sample(_):
         filtered = top_p_filter(logits / temperature, top_p)
         step_keys = jax.vmap(lambda key: jax.random.fold_in(key, step))(keys)
-        return jax.vmap(jax.random.categorical)(step_keys, filtered).astype(jnp.int32)
+        return _categorical(step_keys, filtered)
 
     def greedy(_):
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
