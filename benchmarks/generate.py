@@ -10,10 +10,10 @@ Face folder that ``transformers.LlamaForCausalLM.from_pretrained`` loads (PyTorc
    generate exactly ``new_tokens`` tokens per row (no end-of-turn stop: JAX gets a stop id
    that never occurs, torch no ``eos_token_id``). Tokens/s = batch × new tokens / wall time;
    the ratio is JAX tokens/s / torch tokens/s (at least 1.0 at batch 32 meets the issue's
-   goal). The generated tokens of both are compared row by row. JAX's "compile" column is
-   its first call minus its median steady call. Then the JAX function runs once on a batch of
-   *other* prompt lengths within the same bucket and the count of compiled variants is
-   checked to stay the same.
+   goal). The generated tokens of both are compared row by row. JAX's compile time is an
+   ahead-of-time ``lower(...).compile()`` of the same call, timed alone. Then the JAX
+   function runs once on a batch of *other* prompt lengths within the same bucket and the
+   count of compiled variants is checked to stay the same.
 2. **Peak memory.** Each side runs one batch-32 generation in a fresh subprocess (load +
    generate) and reports its peak RSS (``VmHWM`` of ``/proc/self/status``).
 3. **Generator.** ``LlamaChatGenerator`` (batch 32) on 32 paraphrase prompts with
@@ -171,11 +171,9 @@ class JaxSide:
     def __init__(self, config: Any, params: Any, new_tokens: int) -> None:
         self.config, self.params, self.new_tokens = config, params, new_tokens
 
-    def __call__(self, tokens: np.ndarray, pad: np.ndarray) -> np.ndarray:
-        from mars_jax.models.sampling import sample_tokens
-
+    def _args(self, tokens: np.ndarray, pad: np.ndarray) -> tuple:
         batch = tokens.shape[0]
-        out, _ = sample_tokens(
+        return (
             self.params,
             tokens,
             pad,
@@ -185,8 +183,21 @@ class JaxSide:
             np.float32(0.0),
             np.float32(1.0),
             np.int32(-1),
-            config=self.config,
-            max_new_tokens=self.new_tokens,
+        )
+
+    def lower(self, tokens: np.ndarray, pad: np.ndarray) -> Any:
+        """The lowered computation (``.compile()`` it to time compilation alone)."""
+        from mars_jax.models.sampling import sample_tokens
+
+        return sample_tokens.lower(
+            *self._args(tokens, pad), config=self.config, max_new_tokens=self.new_tokens
+        )
+
+    def __call__(self, tokens: np.ndarray, pad: np.ndarray) -> np.ndarray:
+        from mars_jax.models.sampling import sample_tokens
+
+        out, _ = sample_tokens(
+            *self._args(tokens, pad), config=self.config, max_new_tokens=self.new_tokens
         )
         return np.asarray(out)
 
@@ -223,6 +234,7 @@ def bench_throughput(
     progress(f"throughput at batch {batch}")
     tokens, pad, bucket = padded_batch(tokenizer, paraphrase_prompts(batch))
     new = jax_side.new_tokens
+    compile_s = timed(lambda: jax_side.lower(tokens, pad).compile())
     first_s = timed(lambda: jax_side(tokens, pad))
     compiled = sample_tokens._cache_size()
     fns = {"jax": lambda: jax_side(tokens, pad)}
@@ -242,7 +254,8 @@ def bench_throughput(
         "prompt_bucket": bucket,
         "prompt_tokens": [int(bucket - p) for p in (pad.min(), pad.max())][::-1],
         "new_tokens": new,
-        "jax_compile_s": max(first_s - jax_s, 0.0),
+        "jax_compile_s": compile_s,
+        "jax_first_call_s": first_s,
         "jax_s": jax_s,
         "jax_tokens_per_s": batch * new / jax_s,
         "recompiled_within_bucket": sample_tokens._cache_size() != compiled,
@@ -393,6 +406,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny random Llama, seconds")
     parser.add_argument("--repeats", type=int, help="timed rounds per batch size")
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
+    parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1 32)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     return parser.parse_args(argv)
 
@@ -404,6 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch, reason = load_torch(not args.no_torch)
     repeats = args.repeats or sizes["repeats"]
     new = sizes["new_tokens"]
+    batches = args.batches or sizes["batches"]
 
     from mars_jax.errors import MarsError
     from mars_jax.models.llama_tokenizer import ChatTokenizer
@@ -430,10 +445,9 @@ def main(argv: list[str] | None = None) -> dict:
         jax_side = JaxSide(config, to_device(params), new)
         torch_side = TorchSide(torch, hf_folder, new) if torch is not None else None
         throughput = [
-            bench_throughput(jax_side, torch_side, tokenizer, batch, repeats)
-            for batch in sizes["batches"]
+            bench_throughput(jax_side, torch_side, tokenizer, batch, repeats) for batch in batches
         ]
-        big = sizes["batches"][-1]
+        big = batches[-1]
         memory: dict[str, Any] = {"batch": big}
         for side in ("jax", "torch") if torch is not None else ("jax",):
             progress(f"peak memory of {side}")

@@ -106,6 +106,16 @@ def test_forward_matches_numpy_reference_with_left_padding(tiny):
         np.testing.assert_allclose(logits[row, pad[row] :], expected, atol=1e-4, rtol=1e-4)
 
 
+def test_bfloat16_forward_is_close_to_float32(tiny):
+    config, params = load_llama(tiny[0])
+    tokens = jnp.array([[1, 5, 9, 40, 2, 7, 11, 13]])
+    full = forward_logits(to_device(params), config, tokens)
+    half = forward_logits(to_device(params, "bfloat16"), config, tokens)
+    assert half.dtype == jnp.float32
+    np.testing.assert_allclose(half, full, atol=0.1 * float(jnp.abs(full).max()))
+    assert jnp.mean(jnp.argmax(half, -1) == jnp.argmax(full, -1)) >= 0.75
+
+
 def test_forward_matches_transformers_pytorch(tiny):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

@@ -112,7 +112,7 @@ def test_tiny_top_p_is_greedy(model):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    logits=st.lists(st.floats(-8, 8), min_size=8, max_size=8),
+    logits=st.lists(st.floats(-8, 8, allow_subnormal=False), min_size=8, max_size=8),
     top_p=st.floats(0.01, 1.0),
     candidates=st.sampled_from([256, 2]),  # 2: the nucleus rarely fits, bisection runs
 )
@@ -127,7 +127,7 @@ def test_top_p_keeps_the_smallest_nucleus(logits, top_p, candidates):
     # the kept mass reaches top_p, and without its least likely tokens (all tied at the
     # threshold are kept) it would not
     assert probs[kept].sum() >= top_p - 1e-5
-    least = kept & (x == x[kept].min())
+    least = kept & (probs <= probs[kept].min() * (1 + 1e-6))  # ties in float32 probability
     assert probs[kept].sum() - probs[least].sum() < top_p + 1e-5
 
 

@@ -66,13 +66,14 @@ def _stack_layers(config: LlamaConfig, get, source: int) -> dict[str, np.ndarray
     templates = ("", "model.layers.{i}.{name}.weight", "blk.{i}.{name}.weight")
     layers = {}
     for names in _LAYER_NAMES:
-        stacked = np.stack(
-            [
-                get(templates[source].format(i=i, name=names[source]))
-                for i in range(config.num_layers)
-            ]
-        )
-        layers[names[0]] = stacked if stacked.ndim == 2 else stacked.transpose(0, 2, 1).copy()
+        stacked = None
+        for i in range(config.num_layers):
+            array = get(templates[source].format(i=i, name=names[source]))
+            array = array.T if array.ndim == 2 else array
+            if stacked is None:  # filled in place: no per-layer list, stack or transpose copy
+                stacked = np.empty((config.num_layers, *array.shape), np.float32)
+            stacked[i] = array
+        layers[names[0]] = stacked
     return layers
 
 

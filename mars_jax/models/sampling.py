@@ -201,7 +201,7 @@ def generate_ids(
                 pad,
                 indices,
                 active,
-                np.uint32(seed),
+                np.uint32(seed % 2**32),
                 np.float32(temperature),
                 np.float32(top_p),
                 np.int32(stop_id),
