@@ -100,7 +100,8 @@ def test_augment_builds_the_pool_of_the_runs_base_pairs(setup, pool_dir, capsys,
 
     assert main(["augment", *overrides, "--out", str(pool_dir)]) == 0  # resume: nothing to do
     assert "30/30 base pairs (30 done before, 0 now), 120 pool pairs" in capsys.readouterr().out
-    assert fake_generator == [("smollm2", {"dtype": "float32", "batch_size": 32})]
+    options = {"dtype": "float32", "batch_size": 32, "max_prompt_tokens": 600}
+    assert fake_generator == [("smollm2", options)]
     assert main(["augment", *overrides, "augment.seed=1", "--out", str(pool_dir)]) == 2
     err = capsys.readouterr().err
     assert "different settings" in err and len(err.strip().splitlines()) == 1
@@ -120,6 +121,20 @@ def test_augment_pairs_files_and_bad_arguments(setup, tmp_path, capsys, fake_gen
     assert main(["augment", "--out", str(tmp_path / "synthetic")]) == 2
     assert "data.suite" in capsys.readouterr().err
     assert not (tmp_path / "synthetic").exists()
+
+
+def test_augment_with_the_semantic_step_uses_the_runs_encoder(setup, tmp_path, fake_generator):
+    _, overrides = setup
+    out = tmp_path / "semantic"
+    argv = ["augment", *overrides, "augment.semantic=true", "augment.max_source_tokens=200"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    manifest = read_pool(out).manifest
+    assert fake_generator[0][1]["max_prompt_tokens"] == 1.25 * (3 * 200 + 96)
+    assert 0 < manifest["semantic_threshold"] < 2
+    stats = manifest["counts"]["stats"]
+    assert 0 < stats["semantic_below_threshold"] < 30
+    assert stats["semantic_rewritten"] == stats["semantic_below_threshold"]
+    assert stats["semantic_kept"] <= stats["semantic_rewritten"]
 
 
 def test_run_uses_the_pool_directory(setup, pool_dir):

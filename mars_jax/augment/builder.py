@@ -255,6 +255,7 @@ def build_pool(
         },
         "sources": list(sources) if sources is not None else file_digests(table.sources),
         "selection": dict(selection or {}),
+        "earlier_builds": [],
     }
     if out.exists() and not out.is_dir():
         raise MarsError(f"{out}: exists and is not a directory")

@@ -40,6 +40,17 @@ def augment_settings(config: Config) -> AugmentSettings:
     )
 
 
+def _prompt_limit(settings: AugmentSettings) -> dict[str, int]:
+    """``max_prompt_tokens`` that fits a request with cut sources (the generator's default
+    when sources are not cut): the sources' estimated tokens (three texts in a semantic
+    request) plus the instructions, with a quarter of slack for the estimate, at least 512."""
+    limit = settings.paraphrase.max_source_tokens
+    if not limit:
+        return {}
+    texts = 3 if settings.semantic else 1
+    return {"max_prompt_tokens": max(512, int(1.25 * (texts * limit + 96)))}
+
+
 def _embedder(config: Config):
     """``embed(texts) -> [N, D]``: the run's frozen encoder, through the embedding cache."""
     from mars_jax.models.embeddings import EmbeddingCache, TextEncoder, embed_with_cache
@@ -108,7 +119,10 @@ def run_augment(
     settings = augment_settings(config)
     embed = _embedder(config) if settings.semantic else None
     generator = generators.load_text_generator(
-        config.augment.generator, dtype=config.augment.dtype, batch_size=config.augment.batch_size
+        config.augment.generator,
+        dtype=config.augment.dtype,
+        batch_size=config.augment.batch_size,
+        **_prompt_limit(settings),
     )
     return build_pool(
         table,
