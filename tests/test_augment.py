@@ -70,15 +70,19 @@ def test_clean_output_strips_boilerplate_only_at_the_start(raw, clean):
 
 def test_rejection_reasons():
     s = ParaphraseSettings(min_length_ratio=0.5, max_length_ratio=2.0)
-    source = "The cat sat on the mat."
+    source = "The cat sat on the mat, and the dog lay by the door all afternoon."
+    assert len(source) == 66
     assert rejection_reason(source, "", [], s) == "empty"
-    assert rejection_reason(source, "  the CAT sat on\nthe mat. ", [], s) == "identical"
-    assert rejection_reason(source, "A cat.", [], s) == "length"
-    assert rejection_reason(source, "A cat sat upon the mat. " * 3, [], s) == "length"
-    assert rejection_reason(source, "A cat sat on a mat.", ["a cat  sat on a mat."], s) == (
-        "duplicate"
-    )
-    assert rejection_reason(source, "A cat sat on a mat.", [], s) is None
+    shouted = "  the CAT sat on\nthe mat, AND the dog lay by the door all afternoon. "
+    assert rejection_reason(source, shouted, [], s) == "identical"
+    assert rejection_reason(source, "x" * 16, [], s) == "length"  # 0.5 * 66 - 16 = 17
+    assert rejection_reason(source, "x" * 17, [], s) is None
+    assert rejection_reason(source, "x" * 148, [], s) is None  # 2 * 66 + 16 = 148
+    assert rejection_reason(source, "x" * 149, [], s) == "length"
+    assert rejection_reason("Yes.", "Yes, indeed.", [], s) is None
+    other = "A cat sat on a mat while a dog lay near the door."
+    assert rejection_reason(source, other, [other.lower().replace(" ", "  ")], s) == "duplicate"
+    assert rejection_reason(source, other, [], s) is None
 
 
 @given(st.lists(st.sampled_from(["a", "bb", "ccc dd", "\n", "eeee"]), max_size=200))

@@ -4,7 +4,9 @@ A source text is paraphrased ``count`` times, each sample with its own seed. A s
 cleaned (a leading "Here is the paraphrase:"-style line and wrapping quotes are stripped) and
 rejected when it is empty, identical to the source after whitespace and case normalisation,
 a duplicate of an accepted paraphrase, or when its length in characters is outside
-``[min_length_ratio, max_length_ratio]`` times the source's. Rejected samples are redrawn
+``[min_length_ratio, max_length_ratio]`` times the source's, widened by
+:data:`LENGTH_SLACK` characters on each side (so that a one-word reply such as "Yes." may be
+reworded at all). Rejected samples are redrawn
 with new seeds for at most ``max_retries`` more rounds; a source still short of ``count``
 keeps the paraphrases it has (counted in ``short_sources``).
 
@@ -29,6 +31,7 @@ from typing import NamedTuple
 from mars_jax.augment.generator import TextGenerator
 
 __all__ = [
+    "LENGTH_SLACK",
     "PROMPT_TEMPLATE",
     "RESPONSE_TEMPLATE",
     "ParaphraseResult",
@@ -60,6 +63,8 @@ _BOILERPLATE = re.compile(
 )
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d"}
 REJECTION_REASONS = ("empty", "identical", "length", "duplicate")
+LENGTH_SLACK = 16
+"""Characters added to both ends of the accepted length range."""
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,9 @@ def rejection_reason(
     normal = _normalise(candidate)
     if normal == _normalise(source):
         return "identical"
-    ratio = len(candidate) / max(len(source), 1)
-    if not settings.min_length_ratio <= ratio <= settings.max_length_ratio:
+    shortest = settings.min_length_ratio * len(source) - LENGTH_SLACK
+    longest = settings.max_length_ratio * len(source) + LENGTH_SLACK
+    if not shortest <= len(candidate) <= longest:
         return "length"
     if any(normal == _normalise(other) for other in accepted):
         return "duplicate"
