@@ -230,7 +230,11 @@ def _command_augment(args: argparse.Namespace) -> int:
     path, overrides = _split_args(args.args)
     config = load_config(path, overrides)
     report = run_augment(
-        config, args.out, pairs_files=args.pairs or (), force=args.force, progress=not args.quiet
+        config,
+        args.out,
+        pairs_files=args.pairs or (),
+        force=args.force,
+        progress=config.output.progress and not args.quiet,
     )
     counts = report.counts
     print(

@@ -261,6 +261,18 @@ def test_resume_after_sigkill_equals_an_uninterrupted_build(tmp_path):
     assert len(_records(out)) == len(set(_records(out)))
 
 
+def test_stray_temporary_files_are_ignored_and_cleaned_on_resume(tmp_path):
+    table = make_table(8)
+    out = tmp_path / "pool"
+    with pytest.raises(fakes.GeneratorStopped):
+        build_pool(table, FakeGenerator(fail_after=12), out, SETTINGS, progress=False)
+    stray = out / ".chunk-00001.jsonl.gz.x1y2"
+    stray.write_bytes(b"half a chunk")
+    assert len(read_pool(out).done) == 4
+    build_pool(table, FakeGenerator(), out, SETTINGS, progress=False)
+    assert not stray.exists() and len(read_pool(out).done) == 8
+
+
 def test_mismatched_settings_are_refused_unless_forced(tmp_path):
     table = make_table(4)
     out = tmp_path / "pool"
