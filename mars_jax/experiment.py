@@ -216,7 +216,7 @@ def run_experiment(
             if record.get("method") not in history:
                 raise MarsError(f"{metrics_path}:{number}: not a record of this run's methods")
             history[record["method"]].append(record)
-    elif resume and not force:
+    elif resume and not force and (run_dir / "config.json").exists():
         _check_config_file(run_dir / "config.json", fingerprint)
     write_json_atomic(
         run_dir / "config.json", {"config": config_to_dict(config), "hash": config_hash(config)}
@@ -319,9 +319,7 @@ def _check_config_file(path: Path, fingerprint: dict[str, Any]) -> None:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))["config"]
         saved = {section: keys for section, keys in saved.items() if section != "output"}
-    except FileNotFoundError:
-        raise MarsError(f"{path.parent}: not a run directory (no config.json)") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise MarsError(f"{path}: not a run's config.json ({error!r})") from None
     check_fingerprint({**fingerprint, "config": saved}, fingerprint, source=str(path))
 

@@ -18,6 +18,7 @@ are per round: a run killed inside a round redoes that round.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mars_jax import __version__
+from mars_jax.checkpoint import tree_shapes
 from mars_jax.config import Config, config_to_dict
 from mars_jax.errors import MarsError
 from mars_jax.refine import RefineData, RoundState
@@ -84,6 +86,7 @@ class Checkpoint:
       metrics_size: bytes of ``metrics.jsonl`` written up to this checkpoint.
       metrics_lines: records in those bytes.
       fingerprint: see :func:`run_fingerprint`.
+      shapes: shape of every array of the saved state, by path (checked before restoring).
     """
 
     step: int
@@ -96,6 +99,7 @@ class Checkpoint:
     metrics_size: int
     metrics_lines: int
     fingerprint: dict[str, Any]
+    shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the checkpoint's ``meta``)."""
@@ -107,17 +111,24 @@ class RunCheckpoints:
 
     def __init__(self, run_dir: Path) -> None:
         self.directory = Path(run_dir).absolute() / CHECKPOINT_DIR
-        self._manager: ocp.CheckpointManager | None = None
+        self._managers: dict[bool, ocp.CheckpointManager] = {}
 
-    def _open(self) -> ocp.CheckpointManager:
-        if self._manager is None:
-            self._manager = ocp.CheckpointManager(
+    def _open(self, *, write: bool = False) -> ocp.CheckpointManager:
+        """A manager for reading (creates and deletes nothing), or one that saves and prunes.
+
+        (Orbax's ``read_only`` option is not used: it logs warnings on stderr.)
+        """
+        if write not in self._managers:
+            self._managers[write] = ocp.CheckpointManager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(
-                    max_to_keep=_MAX_TO_KEEP, enable_async_checkpointing=False
+                    max_to_keep=_MAX_TO_KEEP,
+                    enable_async_checkpointing=False,
+                    create=write,
+                    cleanup_tmp_directories=write,  # what a kill left of a save
                 ),
             )
-        return self._manager
+        return self._managers[write]
 
     def latest(self) -> Checkpoint | None:
         """The newest complete checkpoint's meta, or None if there is none."""
@@ -168,6 +179,16 @@ class RunCheckpoints:
                 (checkpoint.num_synthetic_rows,), jnp.int32
             )
         path = self.directory / str(checkpoint.step)
+        expected = {name: list(shape) for name, shape in tree_shapes(abstract).items()}
+        if expected != checkpoint.shapes:  # checked here: a failed Orbax restore is noisy
+            differing = sorted(set(expected) ^ set(checkpoint.shapes)) or sorted(
+                name for name in expected if expected[name] != checkpoint.shapes[name]
+            )
+            name = differing[0]
+            raise MarsError(
+                f"{path}: does not match this run's model and data (first difference at "
+                f"{name}: saved {checkpoint.shapes.get(name)}, expected {expected.get(name)})"
+            )
         try:
             tree = self._open().restore(
                 checkpoint.step,
@@ -203,11 +224,13 @@ class RunCheckpoints:
         }
         if state.synthetic_rows.size:
             tree["synthetic_rows"] = state.synthetic_rows
-        manager = self._open()
+        shapes = {name: list(shape) for name, shape in tree_shapes(tree).items()}
+        meta = dataclasses.replace(checkpoint, shapes=shapes).to_json()
+        manager = self._open(write=True)
         manager.save(
             checkpoint.step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(checkpoint.to_json())
+                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
             ),
             force=True,
         )
@@ -215,9 +238,9 @@ class RunCheckpoints:
 
     def close(self) -> None:
         """Release the manager's resources."""
-        if self._manager is not None:
-            self._manager.close()
-            self._manager = None
+        for manager in self._managers.values():
+            manager.close()
+        self._managers.clear()
 
 
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], *, source: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mars_jax.cli import main
+from mars_jax.config import config_to_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.toml")
@@ -127,9 +128,14 @@ CASES = [
     ("resume-other-config", ["run", *RUN_ARGS, "refine.budget=7", *RESUME], "refine.budget: 120"),
     ("resume-other-methods", ["run", *RUN_ARGS[:1], *RUN_ARGS[2:], *RESUME], "refine.methods"),
     (
+        "resume-other-config-before-checkpoint",
+        ["run", *RUN_ARGS, "--out", "{bad}/half_run", "--resume"],
+        "refine.budget: 7 in the run, 120 now",
+    ),
+    (
         "resume-force-other-model",
         ["run", *RUN_ARGS, "model.hidden_sizes=[4]", "--force", *RESUME],
-        "cannot restore the round state",
+        "does not match this run's model",
     ),
     ("curvature-missing-run", ["curvature", "{bad}/absent"], "absent"),
     ("curvature-not-a-run", ["curvature", "{bad}"], "no config.json"),
@@ -140,7 +146,13 @@ CASES = [
     ),
     ("curvature-unknown-method", ["curvature", "{run}", "--method", "mars"], "mars"),
 ]
-SUBPROCESS_CASES = ("malformed-json", "non-utf8-config", "resume-other-config", "out-is-a-file")
+SUBPROCESS_CASES = (
+    "malformed-json",
+    "non-utf8-config",
+    "resume-other-config",
+    "resume-force-other-model",
+    "out-is-a-file",
+)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +161,10 @@ def bad(tmp_path_factory) -> Path:
     for name, content in DATA_FILES.items():
         (folder / name).write_bytes(content.replace(b"TINY", TINY.replace("\\", "/").encode()))
     (folder / "subdir").mkdir()
+    # A run killed before its first checkpoint: only config.json (with another budget).
+    other = config_to_dict(load_config(TINY, [*RUN_ARGS[1:], "refine.budget=7"]))
+    (folder / "half_run").mkdir()
+    (folder / "half_run" / "config.json").write_text(json.dumps({"config": other}))
     return folder
 
 

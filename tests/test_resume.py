@@ -35,6 +35,7 @@ ARGS = [
     TINY,
     'refine.methods=["uniform", "mars"]',
     "refine.rounds=3",
+    "refine.synthetic_set=cumulative",
     "data.num_heldout_pairs=50",
     "eval.num_bootstrap=0",
     "output.plots=false",
@@ -144,20 +145,30 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.15, 0.5])
-def test_sigkill_then_resume_ends_bitwise_equal(env, reference, tmp_path, delay):
+@pytest.mark.parametrize(
+    ("step", "delay"),
+    [(1, 0.0), (2, 0.05), (4, 0.0)],
+    ids=["round-2-of-first-method", "inside-a-round", "second-method"],
+)
+def test_sigkill_then_resume_ends_bitwise_equal(env, reference, tmp_path, step, delay):
+    """Kill once checkpoint ``step`` (of 6) exists plus ``delay`` seconds, then resume."""
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        _command(out), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    process = subprocess.Popen(  # --resume on a new directory starts the run
+        _command(out, "--resume"),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + RUN_TIMEOUT
-    while not _checkpoint_steps(out) and process.poll() is None:
+    while max(_checkpoint_steps(out), default=0) < step and process.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
     time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     killed_mid_run = process.returncode == -signal.SIGKILL and not (out / "summary.json").exists()
+    assert killed_mid_run or step > 1  # 5 of 6 rounds remain after the first checkpoint
 
     resumed = _run(env, out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -173,7 +184,7 @@ def test_nan_stops_cleanly_and_the_checkpoint_resumes(env, reference, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "method 'uniform', round 2, step 3 of 8" in lines[0] and "nan" in lines[0]
+    assert "method 'uniform', round 2, step 3 of 12" in lines[0] and "nan" in lines[0]
     # Only round 1's checkpoint and metrics line exist; no model was saved.
     assert _checkpoint_steps(out) == [1]
     assert len(read_records(out / "metrics.jsonl")) == 1
