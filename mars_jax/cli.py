@@ -160,9 +160,10 @@ def _check_run_dir(out: Path | None, *, resume: bool = False) -> None:
     if out.exists() and not out.is_dir():
         raise MarsError(f"--out {out}: exists and is not a directory")
     try:
-        names = {p.name for p in out.iterdir()} - {LOCK_NAME} if out.is_dir() else set()
+        names = {p.name for p in out.iterdir()} if out.is_dir() else set()
     except OSError as error:
         raise MarsError(f"--out {out}: cannot list the directory: {error.strerror}") from None
+    names = {name for name in names if not name.startswith(LOCK_NAME)}  # and its temporary
     if resume and names and "config.json" not in names:
         raise MarsError(f"--out {out}: not a run directory (no config.json); cannot resume it")
     if not resume and names:
