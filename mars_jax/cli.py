@@ -61,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--out",
         type=Path,
-        help="run directory (must be new or empty; default: OUTPUT.DIR/NAME-TIMESTAMP)",
+        help="run directory (new or empty unless --resume; default: OUTPUT.DIR/NAME-TIMESTAMP)",
     )
     run.add_argument(
         "--resume",

@@ -212,7 +212,13 @@ def run_experiment(
             lambda: jax.vmap(trainer.init_state)(init_members(model, init_key, members))
         )
         resumed_state = checkpoints.restore_state(point, like, int(data.base.weight.shape[0]))
-        for number, record in enumerate(read_records(metrics_path, size=point.metrics_size), 1):
+        records = read_records(metrics_path, size=point.metrics_size)
+        if len(records) != point.metrics_lines:
+            raise MarsError(
+                f"{metrics_path}: {len(records)} complete records where the checkpoint "
+                f"recorded {point.metrics_lines}; the run directory was modified"
+            )
+        for number, record in enumerate(records, 1):
             if record.get("method") not in history:
                 raise MarsError(f"{metrics_path}:{number}: not a record of this run's methods")
             history[record["method"]].append(record)

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,11 @@ CASES = [
         "refine.budget: 7 in the run, 120 now",
     ),
     (
+        "resume-cut-metrics",
+        ["run", *RUN_ARGS, "--out", "{bad}/cut_run", "--resume"],
+        "metrics.jsonl: 0 complete records where the checkpoint recorded 1",
+    ),
+    (
         "resume-force-other-model",
         ["run", *RUN_ARGS, "model.hidden_sizes=[4]", "--force", *RESUME],
         "does not match this run's model",
@@ -156,7 +162,7 @@ SUBPROCESS_CASES = (
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory) -> Path:
+def bad(tmp_path_factory, run_dir) -> Path:
     folder = tmp_path_factory.mktemp("bad")
     for name, content in DATA_FILES.items():
         (folder / name).write_bytes(content.replace(b"TINY", TINY.replace("\\", "/").encode()))
@@ -165,6 +171,10 @@ def bad(tmp_path_factory) -> Path:
     other = config_to_dict(load_config(TINY, [*RUN_ARGS[1:], "refine.budget=7"]))
     (folder / "half_run").mkdir()
     (folder / "half_run" / "config.json").write_text(json.dumps({"config": other}))
+    # A copy of the run whose metrics.jsonl lost bytes after the checkpoint was taken.
+    shutil.copytree(run_dir, folder / "cut_run")
+    metrics = folder / "cut_run" / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-5])
     return folder
 
 
