@@ -271,3 +271,22 @@ def test_metrics_log_drops_a_torn_tail_and_cuts_back(tmp_path):
     assert read_records(path) == [{"round": 1}, {"round": 2}]
     with pytest.raises(MarsError, match="shorter than the 9999 bytes"):
         MetricsLog(path, size=9999)
+
+
+def test_non_finite_error_names_the_first_bad_step_across_epochs_and_chunks():
+    from mars_jax.refine import _non_finite_error
+    from mars_jax.train import StepStats
+
+    # 2 epochs of 6 steps in chunks of 4 (the second chunk of each epoch has 2 padding
+    # steps), 3 ensemble members; member 2's gradient norm is inf at step 11 (epoch 2,
+    # chunk 2, row 0), and every later step is NaN.
+    chunks = [StepStats(np.ones((4, 3), np.float32), np.ones((4, 3), np.float32)) for _ in range(4)]
+    chunks[3].grad_norm[0, 2] = np.inf
+    chunks[3].loss[1] = np.nan
+    error = _non_finite_error(
+        "mars", "round 4", chunks, chunk=4, chunks_per_epoch=2, steps_per_epoch=6, total=12
+    )
+    assert str(error).startswith(
+        "method 'mars', round 4, step 11 of 12, ensemble member 2: training gradient norm is inf"
+    )
+    assert isinstance(error, MarsError)
