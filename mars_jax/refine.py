@@ -42,13 +42,15 @@ from mars_jax.allocation import (
     pool_size_weights,
 )
 from mars_jax.curvature.report import CurvatureSettings, curvature_report
+from mars_jax.errors import MarsError
 from mars_jax.metrics import bootstrap_ci, evaluate_margins
-from mars_jax.train import Trainer, TrainState
+from mars_jax.train import StepStats, Trainer, TrainState
 from mars_jax.types import PairBatch, Pool, PyTree, tree_concat, tree_take
 
 __all__ = [
     "METHODS",
     "Allocation",
+    "NonFiniteTrainingError",
     "RefineData",
     "RefineSettings",
     "Refiner",
@@ -289,7 +291,12 @@ class Refiner:
             num_base = base.weight.shape[0]
             pairs = self._training_set(data, base.weight, jnp.zeros(0, jnp.int32))
             train, _ = self._train(
-                train, warm_key, pairs, self.settings.warmup_epochs, num_pairs=num_base
+                train,
+                warm_key,
+                pairs,
+                self.settings.warmup_epochs,
+                num_pairs=num_base,
+                stage="warm-up",
             )
         margins = self._member_margins(train.params, base.chosen, base.rejected)
         return RoundState(
@@ -331,7 +338,12 @@ class Refiner:
         if settings.reset_optimizer:
             train = self._fresh_train_state(train.params)
         train, loss = self._train(
-            train, train_key, train_set, settings.epochs_per_round, num_pairs=num_train_pairs
+            train,
+            train_key,
+            train_set,
+            settings.epochs_per_round,
+            num_pairs=num_train_pairs,
+            stage=f"round {state.round_index + 1}",
         )
         clock.lap("train")
 
@@ -480,11 +492,22 @@ class Refiner:
         return jax.vmap(self.trainer.init_state)(params)
 
     def _train(
-        self, train: TrainState, key: jax.Array, pairs: PairBatch, epochs: int, num_pairs: int
+        self,
+        train: TrainState,
+        key: jax.Array,
+        pairs: PairBatch,
+        epochs: int,
+        num_pairs: int,
+        *,
+        stage: str,
     ) -> tuple[TrainState, float]:
         """``epochs`` shuffled passes over the first ``num_pairs`` rows of ``pairs``.
 
         Returns the state and the mean training loss.
+
+        Raises:
+          NonFiniteTrainingError: a loss or gradient norm was NaN or infinite (checked on
+            the host once, after the last chunk; ``stage`` names the round in the message).
         """
         settings = self.settings
         num_members = int(train.step.shape[0])
@@ -496,6 +519,8 @@ class Refiner:
             num_steps=jnp.full_like(train.num_steps, steps_per_epoch * epochs),
         )
         loss_sum = jnp.zeros(())
+        finite = jnp.asarray(True)
+        chunk_stats = []
         for epoch_key in jax.random.split(key, epochs):
             rows, mask = _epoch_rows(
                 epoch_key, num_pairs, num_members, settings.batch_size, num_chunks * chunk
@@ -503,8 +528,20 @@ class Refiner:
             for index in range(num_chunks):
                 steps = slice(index * chunk, (index + 1) * chunk)
                 active = np.arange(chunk) < (steps_per_epoch - index * chunk)
-                train, losses = self._train_chunk(train, pairs, rows[steps], mask[steps], active)
-                loss_sum = loss_sum + jnp.sum(losses)
+                train, stats = self._train_chunk(train, pairs, rows[steps], mask[steps], active)
+                loss_sum = loss_sum + jnp.sum(stats.loss)
+                finite = finite & _all_finite(stats)
+                chunk_stats.append(stats)
+        if not bool(finite):
+            raise _non_finite_error(
+                settings.method,
+                stage,
+                chunk_stats,
+                chunk=chunk,
+                chunks_per_epoch=num_chunks,
+                steps_per_epoch=steps_per_epoch,
+                total=steps_per_epoch * epochs,
+            )
         return train, float(loss_sum) / max(steps_per_epoch * epochs * num_members, 1)
 
     @property
@@ -522,6 +559,47 @@ class Refiner:
 
 # Compiled functions are shared by every Refiner of the same trainer (e.g. the methods
 # of one run), so each shape compiles once per run rather than once per method.
+
+
+class NonFiniteTrainingError(MarsError):
+    """Training produced a NaN or infinite loss or gradient norm; the state is discarded."""
+
+
+@jax.jit
+def _all_finite(stats: StepStats) -> jax.Array:
+    return jnp.isfinite(stats.loss).all() & jnp.isfinite(stats.grad_norm).all()
+
+
+def _non_finite_error(
+    method: str,
+    stage: str,
+    chunk_stats: list[StepStats],
+    *,
+    chunk: int,
+    chunks_per_epoch: int,
+    steps_per_epoch: int,
+    total: int,
+) -> NonFiniteTrainingError:
+    """The error naming the first step whose loss or gradient norm is not finite.
+
+    ``chunk_stats`` holds each chunk's ``[C, M]`` statistics in order, ``chunks_per_epoch``
+    chunks per epoch (the last one padded with steps whose statistics are 0); ``total`` is
+    the number of real steps of the stage.
+    """
+    for chunk_index, stats in enumerate(chunk_stats):
+        epoch, index = divmod(chunk_index, chunks_per_epoch)
+        losses, norms = np.asarray(stats.loss), np.asarray(stats.grad_norm)
+        for row in range(losses.shape[0]):
+            for name, values in (("loss", losses[row]), ("gradient norm", norms[row])):
+                bad = ~np.isfinite(values)
+                if bad.any():
+                    step = epoch * steps_per_epoch + index * chunk + row + 1
+                    member = f", ensemble member {int(np.argmax(bad))}" if values.size > 1 else ""
+                    return NonFiniteTrainingError(
+                        f"method {method!r}, {stage}, step {step} of {total}{member}: "
+                        f"training {name} is {values[bad][0]}; stopped before saving this state"
+                    )
+    return NonFiniteTrainingError(f"method {method!r}, {stage}: non-finite training statistics")
 
 
 @functools.cache
