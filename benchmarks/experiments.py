@@ -178,6 +178,8 @@ def _method_record(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> dic
         "accuracy_per_round": summary["accuracy_per_round"],
         "rounds_run": summary["rounds_run"],
         "budget_spent": summary["budget_spent"],
+        "budget_max_per_round": [r["budget_max"] for r in rounds],
+        "budget_zero_fraction_per_round": [r["budget_zero_fraction"] for r in rounds],
         "seconds": summary["seconds"],
     }
     curvature = [r["curvature"] for r in rounds if "curvature" in r]
