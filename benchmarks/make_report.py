@@ -80,6 +80,27 @@ def fmt(stat: tuple[float, float, float], scale: float = 1.0, digits: int = 2) -
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def claim_verdict(lo: float, hi: float, null: float, claimed: float | None) -> str:
+    """The sign rule, refined by the claimed size when the claim states one.
+
+    With a claimed size: **supported** if the interval lies above ``null`` and reaches the
+    claimed size; **partly supported** if it lies above ``null`` but below the claimed size;
+    **not supported** if it lies below the claimed size without lying above ``null``;
+    **inconclusive** if it contains both. Without one: :func:`verdict`.
+    """
+    if claimed is None or math.isnan(lo):
+        return verdict(lo, hi, null)
+    if lo > null:
+        if hi < claimed:
+            return "partly supported (the direction holds; the size is below the claimed one)"
+        return "supported"
+    if hi < claimed:
+        if hi < null:
+            return "not supported (the opposite holds)"
+        return "not supported (no effect detected; the claimed size lies above the interval)"
+    return "inconclusive"
+
+
 def verdict(lo: float, hi: float, null: float = 0.0) -> str:
     """The sign rule: the interval lies above ``null``, below it, or contains it."""
     if math.isnan(lo):
@@ -175,8 +196,13 @@ class Report:
         self.lines += [
             f"Mean over training seeds and its {LEVEL:.0%} Student-t interval. Accuracy in %. "
             "The paired difference is taken per seed (same data, same initial parameters), "
-            "then averaged. Rule: **supported** if the interval of MARS - uniform lies above "
-            "0, **not supported** if it lies below 0, **inconclusive** otherwise.",
+            "then averaged. Sign rule (table): **supported** if the interval of the "
+            "difference lies above 0, **not supported** if below 0, **inconclusive** "
+            "otherwise. For the claim, where the original reports a gain for the data set, "
+            "the rule also uses its size: **supported** if the interval of MARS - uniform "
+            "lies above 0 and reaches the original's gain, **partly supported** if above 0 "
+            "but below that gain, **not supported** if below the gain and not above 0, "
+            "**inconclusive** if it contains both 0 and the gain.",
             "",
         ]
         datasets = self.runs.get("accuracy", {})
@@ -247,14 +273,17 @@ class Report:
             diff = paired(cell, cell, "mars", "uniform")
             if diff:
                 stat = t_interval(diff)
+                claimed = original[2] - original[1] if original else None
                 text = (
                     f"MARS - uniform on `{dataset}`: {fmt(stat, 100)} accuracy points over "
-                    f"{_seeds(len(diff))}: {verdict(*stat[1:])}."
+                    f"{_seeds(len(diff))}: {claim_verdict(*stat[1:], 0.0, claimed)}."
                 )
-                if original:
-                    claimed = 100 * (original[2] - original[1])
-                    where = _where(claimed, stat, 100)
-                    text += f" The original's gain (+{claimed:.1f} points) is {where} our interval."
+                if claimed is not None:
+                    where = _where(100 * claimed, stat, 100)
+                    text += (
+                        f" The original's gain (+{100 * claimed:.1f} points) is {where} our "
+                        "interval."
+                    )
                 self.claims.append(("MARS beats uniform augmentation", dataset, text))
                 self.lines += [text, ""]
             self.lines += _allocation_note(cell)
@@ -287,9 +316,12 @@ class Report:
             "Hessian and Gauss-Newton matrix at the end of each round, on the base pairs "
             "(`base`, the same for both methods) and on the round's own training set "
             "(`train`). Ratio = MARS / uniform per seed at the last round, then its mean and "
-            f'{LEVEL:.0%} t-interval. Rule for the claim ("about 30% larger under MARS"): '
-            "**supported** if the interval of the Hessian's top-eigenvalue ratio on `train` "
-            "lies above 1, **not supported** if below 1, **inconclusive** otherwise.",
+            f'{LEVEL:.0%} t-interval. Rule for the claim ("about 30% larger under MARS"), on '
+            "the Hessian's top-eigenvalue ratio on `train`: **supported** if its interval lies "
+            f"above 1 and reaches {CURVATURE_CLAIM}, **partly supported** if above 1 but below "
+            f"{CURVATURE_CLAIM}, **not supported** if below {CURVATURE_CLAIM} and not above 1, "
+            f"**inconclusive** if it contains both 1 and {CURVATURE_CLAIM}. The table's last "
+            "column is the plain sign rule against 1.",
             "",
         ]
         datasets = self.runs.get("curvature", {})
@@ -333,7 +365,8 @@ class Report:
                             text = (
                                 f"Hessian top eigenvalue on the training set, MARS / uniform at "
                                 f"the last round on `{dataset}`: {fmt(stat, 1, 3)} over "
-                                f"{_seeds(len(ratios))}: {verdict(*stat[1:], null=1.0)}. The "
+                                f"{_seeds(len(ratios))}: "
+                                f"{claim_verdict(*stat[1:], 1.0, CURVATURE_CLAIM)}. The "
                                 f"original's ratio (~{CURVATURE_CLAIM}) is {where} our interval."
                             )
                             self.claims.append(("MARS raises the loss curvature", dataset, text))

@@ -148,11 +148,13 @@ def test_report_verdicts_follow_the_stated_rules_on_known_numbers(tmp_path):
     mean = 100 * diff.mean()
     assert (
         f"MARS - uniform on `synthetic`: {mean:.2f} [{mean - half:.2f}, {mean + half:.2f}] "
-        "accuracy points over 3 seeds: supported." in text
+        "accuracy points over 3 seeds: partly supported (the direction holds; the size is "
+        "below the claimed one)." in text
     )
     assert "The original's gain (+5.6 points) is above our interval." in text
     assert "| uniform | 3 | 81.00 [78.52, 83.48] |" in text
     assert "| 80.4 |" in text and "| 86.0 |" in text
+    assert "| mars - uniform | 2.50 [1.26, 3.74] | 3 / 0 / 0 | supported |" in text
     assert "over 3 seeds: not supported (the opposite holds). The original's ratio" in text
     assert "first reaches uniform's full-budget mean (81.00%) at 30% of the budget" in text
     assert "Uniform's drop - MARS's drop on `synthetic`" in text
@@ -181,3 +183,19 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert experiments.cli(["--experiments", "speed", "--results", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: --experiments: unknown experiment 'speed'")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "expected"),
+    [
+        (0.01, 0.08, "supported"),  # above 0, reaches the claimed 0.05
+        (0.01, 0.03, "partly supported"),  # above 0, below 0.05
+        (-0.02, 0.03, "not supported (no effect detected"),  # contains 0, below 0.05
+        (-0.03, -0.01, "not supported (the opposite holds)"),
+        (-0.02, 0.07, "inconclusive"),  # contains 0 and 0.05
+    ],
+)
+def test_claim_verdict_cases(lo, hi, expected):
+    assert make_report.claim_verdict(lo, hi, 0.0, 0.05).startswith(expected)
+    assert make_report.verdict(0.01, 0.02) == "supported"
+    assert make_report.verdict(-0.01, 0.02) == "inconclusive"
