@@ -101,6 +101,17 @@ def claim_verdict(lo: float, hi: float, null: float, claimed: float | None) -> s
     return "inconclusive"
 
 
+def side(lo: float, hi: float, null: float = 0.0) -> str:
+    """Where the interval lies relative to ``null``: above, below, or around it."""
+    if math.isnan(lo):
+        return "n/a (1 seed)"
+    if lo > null:
+        return f"above {null:g}"
+    if hi < null:
+        return f"below {null:g}"
+    return f"contains {null:g}"
+
+
 def verdict(lo: float, hi: float, null: float = 0.0) -> str:
     """The sign rule: the interval lies above ``null``, below it, or contains it."""
     if math.isnan(lo):
@@ -196,13 +207,13 @@ class Report:
         self.lines += [
             f"Mean over training seeds and its {LEVEL:.0%} Student-t interval. Accuracy in %. "
             "The paired difference is taken per seed (same data, same initial parameters), "
-            "then averaged. Sign rule (table): **supported** if the interval of the "
-            "difference lies above 0, **not supported** if below 0, **inconclusive** "
-            "otherwise. For the claim, where the original reports a gain for the data set, "
-            "the rule also uses its size: **supported** if the interval of MARS - uniform "
-            "lies above 0 and reaches the original's gain, **partly supported** if above 0 "
-            "but below that gain, **not supported** if below the gain and not above 0, "
-            "**inconclusive** if it contains both 0 and the gain.",
+            "then averaged; the table's last column says where its interval lies against 0. "
+            "Rule for the claim, on MARS - uniform: where the original reports a gain for the "
+            "data set, **supported** if the interval lies above 0 and reaches that gain, "
+            "**partly supported** if above 0 but below the gain, **not supported** if below "
+            "the gain and not above 0, **inconclusive** if it contains both 0 and the gain; "
+            "elsewhere **supported** if above 0, **not supported** if below 0, "
+            "**inconclusive** otherwise.",
             "",
         ]
         datasets = self.runs.get("accuracy", {})
@@ -256,7 +267,7 @@ class Report:
                         f"{method} - uniform",
                         fmt(stat, 100),
                         f"{ahead} / {tied} / {len(diff) - ahead - tied}",
-                        verdict(*stat[1:]),
+                        side(*stat[1:]),
                     ]
                 )
             self.lines += _table(
@@ -264,7 +275,7 @@ class Report:
                     "paired difference",
                     "accuracy points",
                     "seeds ahead / tied / behind",
-                    "sign rule",
+                    "interval vs 0",
                 ],
                 rows,
                 "lrrl",
@@ -278,6 +289,17 @@ class Report:
                     f"MARS - uniform on `{dataset}`: {fmt(stat, 100)} accuracy points over "
                     f"{_seeds(len(diff))}: {claim_verdict(*stat[1:], 0.0, claimed)}."
                 )
+                if all(d == 0 for d in diff):
+                    text += " MARS and uniform gave identical accuracy in every seed."
+                largest = _largest_budget(cell, "mars")
+                if largest is not None:
+                    refine = next(iter(cell.values()))["config"]["refine"]
+                    base = next(iter(cell.values()))["config"]["data"]["num_base_pairs"]
+                    text += (
+                        f" MARS (temperature {refine['temperature']}) gave at most {largest} "
+                        "synthetic pairs to one base pair in the last round (an even split: "
+                        f"B/N = {refine['budget'] / base:g})."
+                    )
                 if claimed is not None:
                     where = _where(100 * claimed, stat, 100)
                     text += (
@@ -321,7 +343,7 @@ class Report:
             f"above 1 and reaches {CURVATURE_CLAIM}, **partly supported** if above 1 but below "
             f"{CURVATURE_CLAIM}, **not supported** if below {CURVATURE_CLAIM} and not above 1, "
             f"**inconclusive** if it contains both 1 and {CURVATURE_CLAIM}. The table's last "
-            "column is the plain sign rule against 1.",
+            "column says where the ratio's interval lies against 1.",
             "",
         ]
         datasets = self.runs.get("curvature", {})
@@ -357,7 +379,7 @@ class Report:
                                 fmt(t_interval(uni_v), 1, 4),
                                 fmt(t_interval(mars_v), 1, 4),
                                 fmt(stat, 1, 3),
-                                verdict(*stat[1:], null=1.0),
+                                side(*stat[1:], null=1.0),
                             ]
                         )
                         if (subset, operator, quantity) == ("train", "hessian", "top_eigenvalue"):
@@ -378,7 +400,7 @@ class Report:
                     "uniform",
                     "MARS",
                     "MARS / uniform",
-                    "sign rule (vs 1)",
+                    "interval vs 1",
                 ],
                 rows,
                 "lllrrrl",
@@ -637,6 +659,14 @@ class Report:
         return "\n".join(head + self.claims_section() + self.lines).rstrip() + "\n"
 
 
+def _largest_budget(cell: dict[int, dict[str, Any]], method: str) -> int | None:
+    """The most synthetic pairs one base pair got from ``method`` in any seed's last round."""
+    rows = [r["methods"][method] for r in cell.values() if method in r["methods"]]
+    if not rows or any("budget_max_per_round" not in row for row in rows):
+        return None
+    return max(row["budget_max_per_round"][-1] for row in rows)
+
+
 def _seeds(n: int) -> str:
     return f"{n} seed" if n == 1 else f"{n} seeds"
 
@@ -645,10 +675,10 @@ def _allocation_note(cell: dict[int, dict[str, Any]]) -> list[str]:
     """How far each method's last-round allocation is from spreading the budget evenly."""
     parts = []
     for method in _methods(cell):
-        rows = [r["methods"][method] for r in cell.values() if method in r["methods"]]
-        if not rows or any("budget_max_per_round" not in row for row in rows):
+        largest = _largest_budget(cell, method)
+        if largest is None:
             continue
-        largest = max(row["budget_max_per_round"][-1] for row in rows)
+        rows = [r["methods"][method] for r in cell.values() if method in r["methods"]]
         zero = np.mean([row["budget_zero_fraction_per_round"][-1] for row in rows])
         if largest > 0:
             parts.append(f"{method} at most {largest} per base pair, {100 * zero:.1f}% none")

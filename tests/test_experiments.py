@@ -154,7 +154,7 @@ def test_report_verdicts_follow_the_stated_rules_on_known_numbers(tmp_path):
     assert "The original's gain (+5.6 points) is above our interval." in text
     assert "| uniform | 3 | 81.00 [78.52, 83.48] |" in text
     assert "| 80.4 |" in text and "| 86.0 |" in text
-    assert "| mars - uniform | 2.50 [1.26, 3.74] | 3 / 0 / 0 | supported |" in text
+    assert "| mars - uniform | 2.50 [1.26, 3.74] | 3 / 0 / 0 | above 0 |" in text
     assert "over 3 seeds: not supported (the opposite holds). The original's ratio" in text
     assert "first reaches uniform's full-budget mean (81.00%) at 30% of the budget" in text
     assert "Uniform's drop - MARS's drop on `synthetic`" in text
