@@ -334,21 +334,25 @@ def _run_grid(
     ran: list[str],
     skipped: list[str],
 ) -> None:
-    for experiment in experiments:
-        for dataset, config_path in datasets:
-            for cell in experiment_cells(experiment, dataset, config_path, operators):
-                for seed in range(seeds):
-                    path = cell.path(results, seed)
-                    shown = str(path.relative_to(results))
-                    if path.exists():
-                        skipped.append(shown)
-                        continue
-                    record = run_cell(cell, config_path, seed, results, cache, command)
-                    accuracies = ", ".join(
-                        f"{m} {r['accuracy']:.4f}" for m, r in record["methods"].items()
-                    )
-                    print(f"{shown}: {record['seconds']:.1f} s; {accuracies}", flush=True)
-                    ran.append(shown)
+    grid = [
+        (cell, config_path)
+        for experiment in experiments
+        for dataset, config_path in datasets
+        for cell in experiment_cells(experiment, dataset, config_path, operators)
+    ]
+    for cell, config_path in grid:  # every config error before the first run
+        cell.config(config_path, 0)
+    for cell, config_path in grid:
+        for seed in range(seeds):
+            path = cell.path(results, seed)
+            shown = str(path.relative_to(results))
+            if path.exists():
+                skipped.append(shown)
+                continue
+            record = run_cell(cell, config_path, seed, results, cache, command)
+            accuracies = ", ".join(f"{m} {r['accuracy']:.4f}" for m, r in record["methods"].items())
+            print(f"{shown}: {record['seconds']:.1f} s; {accuracies}", flush=True)
+            ran.append(shown)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

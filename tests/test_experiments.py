@@ -199,3 +199,12 @@ def test_claim_verdict_cases(lo, hi, expected):
     assert make_report.claim_verdict(lo, hi, 0.0, 0.05).startswith(expected)
     assert make_report.verdict(0.01, 0.02) == "supported"
     assert make_report.verdict(-0.01, 0.02) == "inconclusive"
+
+
+def test_a_bad_data_set_config_fails_before_any_run(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "missing.toml"\n')
+    results = tmp_path / "results"
+    with pytest.raises(MarsError, match="missing.toml"):
+        experiments.main(["--datasets", f"smoke,{bad}", "--results", str(results)])
+    assert not results.exists()
