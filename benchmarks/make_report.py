@@ -46,7 +46,7 @@ ORIGINAL = {
     "tldr": ("OpenAI summarization", 0.712, 0.775),
 }
 ORIGINAL_NOT_RUN = "StackExchange answer ranking, 68.9% -> 74.1%"
-POOL_NOTE = "representation-level pool (not the SmolLM2 paraphrase pool the issue asks for)"
+POOL_NOTE = "representation-level pool, not the SmolLM2 paraphrase pool the issue asks for"
 
 Runs = dict[str, dict[str, dict[str, dict[int, dict[str, Any]]]]]
 
@@ -224,6 +224,13 @@ class Report:
             if not cell:
                 continue
             self.lines += [f"### {_dataset_title(dataset, cell)}: {_seeds(len(cell))}", ""]
+            data = next(iter(cell.values()))["data"]
+            self.lines += [
+                f"{data.get('num_base_pairs', '?')} base pairs, "
+                f"{data.get('num_heldout_pairs', '?')} held-out pairs, "
+                f"{data.get('num_pool_pairs', '?')} pool pairs.",
+                "",
+            ]
             original = ORIGINAL.get(dataset)
             rows = []
             for method in _methods(cell):
