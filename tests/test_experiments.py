@@ -96,6 +96,7 @@ def _record(experiment, dataset, cell, seed, accuracies, curvature=None, flip=0.
         "cell": cell,
         "seed": seed,
         "config": {"data": {"suite": "synthetic", "label_flip_rate": flip}},
+        "data": {"num_base_pairs": 1000, "num_heldout_pairs": 2000, "num_pool_pairs": 25000},
         "methods": methods,
         "seconds": 1.0,
         "platform": {"backend": "cpu", "jax": "0", "python": "3"},
@@ -152,6 +153,7 @@ def test_report_verdicts_follow_the_stated_rules_on_known_numbers(tmp_path):
         "below the claimed one)." in text
     )
     assert "The original's gain (+5.6 points) is above our interval." in text
+    assert "1000 base pairs, 2000 held-out pairs, 25000 pool pairs." in text
     assert "| uniform | 3 | 81.00 [78.52, 83.48] |" in text
     assert "| 80.4 |" in text and "| 86.0 |" in text
     assert "| mars - uniform | 2.50 [1.26, 3.74] | 3 / 0 / 0 | above 0 |" in text
@@ -205,6 +207,6 @@ def test_a_bad_data_set_config_fails_before_any_run(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('extends = "missing.toml"\n')
     results = tmp_path / "results"
-    with pytest.raises(MarsError, match="missing.toml"):
+    with pytest.raises(MarsError, match=r"missing\.toml"):
         experiments.main(["--datasets", f"smoke,{bad}", "--results", str(results)])
     assert not results.exists()
