@@ -457,7 +457,8 @@ class Report:
             f'uniform with {BUDGET_CLAIM}% of the budget"), on that difference at '
             f"{BUDGET_CLAIM}%: **supported** if its interval lies above 0, or contains 0 "
             "while MARS's mean reaches uniform's; **not supported** if its interval lies "
-            "below 0; **inconclusive** otherwise.",
+            "below 0; **inconclusive** otherwise, or whenever uniform's own gain from the "
+            "smallest budget to 100% (paired) has an interval that does not lie above 0.",
             "",
         ]
         datasets = self.runs.get("sample_efficiency", {})
@@ -508,11 +509,22 @@ class Report:
                 )
                 + f"; the original claims {BUDGET_CLAIM}%."
             )
+            smallest = min(by_percent)
+            growth = t_interval(paired(full, by_percent[smallest], "uniform", "uniform") or [0.0])
+            text += (
+                f" Uniform's own gain from {smallest}% to 100% of the budget: "
+                f"{fmt(growth, 100)} points."
+            )
             if BUDGET_CLAIM in stats_at:
                 mars, diff = stats_at[BUDGET_CLAIM]
                 rule = verdict(diff[1], diff[2])
                 if rule == "inconclusive" and mars[0] >= target:
                     rule = "supported (reached in the mean; the interval contains 0)"
+                if not growth[1] > 0:
+                    rule = (
+                        "inconclusive (uniform's accuracy is not shown to grow with the "
+                        "budget here, so matching it with less budget says nothing)"
+                    )
                 text += (
                     f" At {BUDGET_CLAIM}%: MARS - uniform(100%) = {fmt(diff, 100)} points: {rule}."
                 )

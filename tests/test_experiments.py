@@ -159,6 +159,9 @@ def test_report_verdicts_follow_the_stated_rules_on_known_numbers(tmp_path):
     assert "| mars - uniform | 2.50 [1.26, 3.74] | 3 / 0 / 0 | above 0 |" in text
     assert "over 3 seeds: not supported (the opposite holds). The original's ratio" in text
     assert "first reaches uniform's full-budget mean (81.00%) at 30% of the budget" in text
+    # Uniform's accuracy is the same at every budget here, so the claim cannot be tested.
+    assert "from 10% to 100% of the budget: 0.00 [0.00, 0.00] points" in text
+    assert "inconclusive (uniform's accuracy is not shown to grow" in text
     assert "Uniform's drop - MARS's drop on `synthetic`" in text
     noise_claim = next(line for line in text.splitlines() if "Uniform's drop - MARS" in line)
     assert noise_claim.endswith("supported.") and "not supported" not in noise_claim
