@@ -640,7 +640,9 @@ class Report:
         )
         self.lines += [
             "",
-            "Commands that produced the raw results (run from the repository root):",
+            "Run times below are wall-clock minutes on a machine shared with other jobs "
+            "(orientation only). Commands that produced the raw results (run from the "
+            "repository root):",
             "",
         ]
         self.lines += ["```bash"]
