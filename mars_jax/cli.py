@@ -172,8 +172,10 @@ def _command_run(args: argparse.Namespace) -> int:
     name = Path(path).stem if path else "default"
     _check_run_dir(args.out)
 
-    from mars_jax.experiment import build_data, run_experiment
+    from mars_jax.experiment import build_data, mesh_settings, run_experiment
+    from mars_jax.parallel import initialize_distributed
 
+    initialize_distributed(mesh_settings(config))  # before any JAX work
     data = build_data(config)  # bad data fails here, before any output is written
     run_dir = _new_run_dir(args.out, config.output.dir, name)
     display = RunDisplay(config, enabled=not args.quiet)

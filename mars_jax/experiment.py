@@ -31,6 +31,7 @@ from mars_jax.outputs import (
     write_json_atomic,
     write_plots,
 )
+from mars_jax.parallel import MeshSettings, placement_for
 from mars_jax.refine import RefineData, Refiner, RefineSettings, RoundSummary
 from mars_jax.train import LossSettings, OptimizerSettings, Trainer
 from mars_jax.types import PairBatch
@@ -39,6 +40,7 @@ __all__ = [
     "build_data",
     "build_trainer",
     "curvature_settings",
+    "mesh_settings",
     "refine_settings",
     "run_experiment",
 ]
@@ -121,6 +123,17 @@ def curvature_settings(config: Config) -> CurvatureSettings:
     )
 
 
+def mesh_settings(config: Config) -> MeshSettings:
+    """The device-mesh settings under ``config``."""
+    parallel = config.parallel
+    return MeshSettings(
+        enabled=parallel.enabled,
+        data=parallel.data,
+        fsdp=parallel.fsdp,
+        distributed=parallel.distributed,
+    )
+
+
 def build_trainer(config: Config, in_features: int):
     """The reward model and its trainer."""
     model = mlp_reward_model(
@@ -168,6 +181,7 @@ def run_experiment(
       The summary written to ``summary.json``.
     """
     started = time.perf_counter()
+    placement = placement_for(mesh_settings(config))
     write_json_atomic(
         run_dir / "config.json", {"config": config_to_dict(config), "hash": config_hash(config)}
     )
@@ -181,7 +195,7 @@ def run_experiment(
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics_file:
         for method in config.refine.methods:
             settings = refine_settings(config, method)
-            refiner = Refiner(trainer=trainer, settings=settings)
+            refiner = Refiner(trainer=trainer, settings=settings, placement=placement)
             params = init_members(model, init_key, settings.num_members)
             state = refiner.init(run_key, params, data)
             rounds: list[dict[str, Any]] = []
@@ -229,6 +243,7 @@ def run_experiment(
             "jax": jax.__version__,
             "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()],
+            "mesh": None if placement is None else dict(placement.mesh.shape),
         },
     }
     write_json_atomic(run_dir / "summary.json", summary)
