@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mars_jax import __version__
 from mars_jax.checkpoint import save_params
@@ -226,11 +227,15 @@ def run_experiment(
                 "seconds": sum(r["seconds"] for r in rounds),
             }
             history[method] = rounds
-            save_params(
-                run_dir / "models" / method,
-                state.train.params,
-                {"method": method, "num_members": settings.num_members, "rounds": len(rounds)},
-            )
+            params = state.train.params
+            if jax.process_count() > 1:  # several hosts: process 0 saves a full copy
+                params = multihost_utils.process_allgather(params, tiled=True)
+            if jax.process_index() == 0:
+                save_params(
+                    run_dir / "models" / method,
+                    params,
+                    {"method": method, "num_members": settings.num_members, "rounds": len(rounds)},
+                )
 
     summary = {
         "version": __version__,

@@ -71,10 +71,21 @@ _initialized = False
 
 
 def initialize_distributed(settings: MeshSettings) -> None:
-    """Join the multi-host job once when ``settings.distributed`` (before any JAX work)."""
+    """Join the multi-host job once when ``settings.distributed`` (before any JAX work).
+
+    Raises:
+      MarsError: if the coordinator, process count or process id cannot be found.
+    """
     global _initialized
     if settings.distributed and not _initialized:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise MarsError(
+                f"parallel.distributed = true, but jax.distributed.initialize() failed: "
+                f"{first_line}"
+            ) from None
         _initialized = True
 
 

@@ -33,6 +33,7 @@ from mars_jax.parallel import (
     build_mesh,
     host_local_batch,
     host_rows,
+    initialize_distributed,
     pad_rows,
     param_spec,
     placement_for,
@@ -200,3 +201,9 @@ def test_host_local_batch_on_one_process():
     local = {"x": np.arange(12.0).reshape(6, 2)[rows]}
     batch = host_local_batch(local, mesh, 6)
     np.testing.assert_array_equal(batch["x"], jnp.arange(12.0).reshape(6, 2))
+
+
+def test_distributed_without_a_cluster_is_one_error_line(monkeypatch):
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    with pytest.raises(MarsError, match=r"^parallel\.distributed = true, but .*[^\n]$"):
+        initialize_distributed(MeshSettings(enabled=True, distributed=True))
