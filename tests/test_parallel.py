@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
+from mars_jax.cli import main
 from mars_jax.config import ConfigError, load_config
 from mars_jax.errors import MarsError
 from mars_jax.experiment import build_data, build_trainer, mesh_settings, refine_settings
@@ -207,3 +208,12 @@ def test_distributed_without_a_cluster_is_one_error_line(monkeypatch):
     monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
     with pytest.raises(MarsError, match=r"^parallel\.distributed = true, but .*[^\n]$"):
         initialize_distributed(MeshSettings(enabled=True, distributed=True))
+
+
+def test_cli_bad_mesh_is_one_line_before_any_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = main(["run", "parallel.enabled=true", "parallel.fsdp=2", "--out", str(out), "--quiet"])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "parallel.fsdp = 2" in error
+    assert not out.exists()
