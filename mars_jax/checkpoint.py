@@ -22,10 +22,19 @@ __all__ = ["load_params", "read_model_info", "save_params", "tree_shapes"]
 
 
 def save_params(folder: Path, params: PyTree, info: dict[str, Any]) -> None:
-    """Write ``params`` and ``info`` (JSON-ready) into a new ``folder``."""
+    """Write ``params`` and ``info`` (JSON-ready) into a new ``folder``.
+
+    In a multi-process job (``jax.distributed``) the calling process writes alone, without
+    waiting for the others: pass host-local ``params`` (e.g. numpy arrays).
+    """
     folder = Path(folder).absolute()
     folder.mkdir(parents=True, exist_ok=False)
-    checkpointer = ocp.StandardCheckpointer()
+    process = jax.process_index()
+    checkpointer = ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=process, active_processes={process}
+        )
+    )
     checkpointer.save(folder / "params", params)
     checkpointer.wait_until_finished()
     (folder / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -224,8 +224,11 @@ def _command_run(args: argparse.Namespace) -> int:
     name = Path(path).stem if path else "default"
     _check_run_dir(args.out, resume=args.resume)
 
-    from mars_jax.experiment import build_data, run_experiment
+    from mars_jax.experiment import build_data, mesh_settings, run_experiment
+    from mars_jax.parallel import initialize_distributed, placement_for
 
+    initialize_distributed(mesh_settings(config))  # before any JAX work
+    placement_for(mesh_settings(config))  # a mesh that does not fit the devices fails here
     data = build_data(config)  # bad data fails here, before any output is written
     run_dir = _new_run_dir(args.out, config.output.dir, name, resume=args.resume)
     display = RunDisplay(config, enabled=not args.quiet)

@@ -44,6 +44,7 @@ __all__ = [
     "EvalConfig",
     "ModelConfig",
     "OutputConfig",
+    "ParallelConfig",
     "RefineConfig",
     "TrainConfig",
     "config_from_dict",
@@ -293,6 +294,18 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """Sharding over a device mesh (see mars_jax.parallel and the README)."""
+
+    enabled: bool = _opt(False, "shard training, scoring and curvature over a device mesh")
+    data: int = _opt(-1, "devices on the data axis (-1: all devices left after fsdp)", min=-1)
+    fsdp: int = _opt(1, "devices on the fsdp axis; parameters are split over it", min=1)
+    distributed: bool = _opt(
+        False, "call jax.distributed.initialize() first (multi-host: TPU slice, SLURM)"
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of a run."""
 
@@ -304,6 +317,7 @@ class Config:
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mars_jax import __version__
 from mars_jax.augment.cheap import make_cheap_pool
@@ -35,6 +36,7 @@ from mars_jax.outputs import (
     write_json_atomic,
     write_plots,
 )
+from mars_jax.parallel import MeshSettings, placement_for
 from mars_jax.refine import (
     NonFiniteTrainingError,
     RefineData,
@@ -56,6 +58,7 @@ __all__ = [
     "build_data",
     "build_trainer",
     "curvature_settings",
+    "mesh_settings",
     "refine_settings",
     "run_experiment",
 ]
@@ -170,6 +173,17 @@ def curvature_settings(config: Config) -> CurvatureSettings:
     )
 
 
+def mesh_settings(config: Config) -> MeshSettings:
+    """The device-mesh settings under ``config``."""
+    parallel = config.parallel
+    return MeshSettings(
+        enabled=parallel.enabled,
+        data=parallel.data,
+        fsdp=parallel.fsdp,
+        distributed=parallel.distributed,
+    )
+
+
 def build_trainer(config: Config, in_features: int):
     """The reward model and its trainer."""
     model = mlp_reward_model(
@@ -227,6 +241,7 @@ def run_experiment(
       NonFiniteTrainingError: training diverged; the last checkpoint is left intact.
     """
     started = time.perf_counter()
+    placement = placement_for(mesh_settings(config))
     data, data_info = data if data is not None else build_data(config)
     checkpoints = RunCheckpoints(run_dir)
     fingerprint = run_fingerprint(config, data)
@@ -269,7 +284,7 @@ def run_experiment(
                 if method in finished:
                     continue
                 settings = refine_settings(config, method)
-                refiner = Refiner(trainer=trainer, settings=settings)
+                refiner = Refiner(trainer=trainer, settings=settings, placement=placement)
                 if point is not None and point.method == method:
                     state = resumed_state
                 else:
@@ -309,11 +324,19 @@ def run_experiment(
                 model_dir = run_dir / "models" / method
                 if model_dir.exists():  # a save cut short by a kill: write it again
                     shutil.rmtree(model_dir)
-                save_params(
-                    model_dir,
-                    state.train.params,
-                    {"method": method, "num_members": settings.num_members, "rounds": len(rounds)},
-                )
+                params = state.train.params
+                if jax.process_count() > 1:  # several hosts: process 0 saves a full copy
+                    params = multihost_utils.process_allgather(params, tiled=True)
+                if jax.process_index() == 0:
+                    save_params(
+                        model_dir,
+                        params,
+                        {
+                            "method": method,
+                            "num_members": settings.num_members,
+                            "rounds": len(rounds),
+                        },
+                    )
                 finished[method] = stop_reason
     except NonFiniteTrainingError as error:
         last = f"{checkpoints.directory / str(log.lines)}" if log.lines else "none yet"
@@ -343,6 +366,7 @@ def run_experiment(
             "jax": jax.__version__,
             "backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()],
+            "mesh": None if placement is None else dict(placement.mesh.shape),
         },
     }
     write_json_atomic(run_dir / "summary.json", summary)
