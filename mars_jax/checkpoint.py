@@ -18,14 +18,23 @@ import orbax.checkpoint as ocp
 from mars_jax.errors import MarsError
 from mars_jax.types import PyTree
 
-__all__ = ["load_params", "read_model_info", "save_params"]
+__all__ = ["load_params", "read_model_info", "save_params", "tree_shapes"]
 
 
 def save_params(folder: Path, params: PyTree, info: dict[str, Any]) -> None:
-    """Write ``params`` and ``info`` (JSON-ready) into a new ``folder``."""
+    """Write ``params`` and ``info`` (JSON-ready) into a new ``folder``.
+
+    In a multi-process job (``jax.distributed``) the calling process writes alone, without
+    waiting for the others: pass host-local ``params`` (e.g. numpy arrays).
+    """
     folder = Path(folder).absolute()
     folder.mkdir(parents=True, exist_ok=False)
-    checkpointer = ocp.StandardCheckpointer()
+    process = jax.process_index()
+    checkpointer = ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=process, active_processes={process}
+        )
+    )
     checkpointer.save(folder / "params", params)
     checkpointer.wait_until_finished()
     (folder / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -54,8 +63,8 @@ def load_params(folder: Path, like: PyTree) -> PyTree:
         raise MarsError(f"{folder}: not a saved model (no params/ checkpoint)")
     abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), like)
     checkpointer = ocp.StandardCheckpointer()
-    saved = _shapes(checkpointer.metadata(target).item_metadata.tree)
-    expected = _shapes(abstract)
+    saved = tree_shapes(checkpointer.metadata(target).item_metadata.tree)
+    expected = tree_shapes(abstract)
     if saved != expected:
         differing = sorted(set(saved.items()) ^ set(expected.items()))[0][0]
         raise MarsError(
@@ -65,10 +74,14 @@ def load_params(folder: Path, like: PyTree) -> PyTree:
     return checkpointer.restore(target, abstract)
 
 
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """``'a/b/c' -> shape`` for every array leaf (dict keys compared as strings)."""
+def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``'a/b/c' -> shape`` for every array leaf (dict keys, attributes, indices as strings)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-    return {
-        "/".join(str(getattr(part, "key", part)) for part in path): tuple(leaf.shape)
-        for path, leaf in leaves
-    }
+    return {"/".join(_key_name(part) for part in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _key_name(part: Any) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(part, attribute):
+            return str(getattr(part, attribute))
+    return str(part)

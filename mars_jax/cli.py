@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mars_jax import __version__
 from mars_jax.errors import MarsError
+from mars_jax.run_lock import LOCK_NAME, RunLock
 
 __all__ = ["main"]
 
@@ -60,7 +61,20 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--out",
         type=Path,
-        help="run directory (must be new or empty; default: OUTPUT.DIR/NAME-TIMESTAMP)",
+        help="run directory (new or empty unless --resume; default: OUTPUT.DIR/NAME-TIMESTAMP)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "continue the run in --out from its last checkpoint (finished methods are not "
+            "rerun); starts the run if --out is new or empty"
+        ),
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="with --resume: continue even if the config, data or version differ",
     )
     run.add_argument("--quiet", action="store_true", help="no progress display or table")
 
@@ -97,6 +111,27 @@ def _build_parser() -> argparse.ArgumentParser:
     curvature.add_argument(
         "--out", type=Path, help="report file (default: RUN_DIR/curvature/METHOD-SUBSET.json)"
     )
+
+    augment = commands.add_parser(
+        "augment",
+        help="build (or resume) a paraphrase pool with the SmolLM2 generator",
+        description=(
+            "Paraphrase the prompt, chosen and rejected text of every base pair that "
+            "'mars-jax run CONFIG' would use (or of every pair in --pairs files) with the "
+            "[augment] settings, and write a pool directory that data.pool can name. An "
+            "existing pool in --out is resumed: finished chunks are kept."
+        ),
+        epilog="example: mars-jax augment configs/hh-rlhf.toml --out pools/hh-rlhf",
+    )
+    augment.add_argument("args", nargs="*", metavar="[CONFIG] [SECTION.KEY=VALUE ...]")
+    augment.add_argument("--out", type=Path, required=True, help="pool directory")
+    augment.add_argument(
+        "--pairs", nargs="+", metavar="FILE", help="augment all pairs of these files instead"
+    )
+    augment.add_argument(
+        "--force", action="store_true", help="add to a pool built with other settings"
+    )
+    augment.add_argument("--quiet", action="store_true", help="no progress display")
 
     models = commands.add_parser(
         "models",
@@ -136,18 +171,31 @@ def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
     return path, overrides
 
 
-def _check_run_dir(out: Path | None) -> None:
-    """Refuse an ``--out`` that is a file or a directory that already holds files."""
+def _check_run_dir(out: Path | None, *, resume: bool = False) -> None:
+    """Refuse an ``--out`` that is a file or a directory that already holds files.
+
+    With ``resume``, a non-empty directory must be a run directory (hold ``config.json``).
+    """
     if out is None:
         return
     if out.exists() and not out.is_dir():
         raise MarsError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise MarsError(f"--out {out}: directory is not empty; choose a new run directory")
+    try:
+        names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    except OSError as error:
+        raise MarsError(f"--out {out}: cannot list the directory: {error.strerror}") from None
+    names = {name for name in names if not name.startswith(LOCK_NAME)}  # and its temporary
+    if resume and names and "config.json" not in names:
+        raise MarsError(f"--out {out}: not a run directory (no config.json); cannot resume it")
+    if not resume and names:
+        raise MarsError(
+            f"--out {out}: directory is not empty; choose a new run directory, "
+            "or add --resume to continue the run in it"
+        )
 
 
-def _new_run_dir(out: Path | None, parent: str, name: str) -> Path:
-    """Create the run directory; refuse one that already holds files."""
+def _new_run_dir(out: Path | None, parent: str, name: str, *, resume: bool = False) -> Path:
+    """Create the run directory; refuse one that already holds files (unless ``resume``)."""
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(parent) / f"{name}-{stamp}"
@@ -155,7 +203,7 @@ def _new_run_dir(out: Path | None, parent: str, name: str) -> Path:
         while out.exists():
             out = Path(parent) / f"{name}-{stamp}-{suffix}"
             suffix += 1
-    _check_run_dir(out)
+    _check_run_dir(out, resume=resume)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -168,17 +216,33 @@ def _command_run(args: argparse.Namespace) -> int:
     from mars_jax.report import RunDisplay
 
     path, overrides = _split_args(args.args)
+    if args.resume and args.out is None:
+        raise MarsError("--resume needs --out RUN_DIR, the run directory to continue")
+    if args.force and not args.resume:
+        raise MarsError("--force only applies with --resume")
     config = load_config(path, overrides)
     name = Path(path).stem if path else "default"
-    _check_run_dir(args.out)
+    _check_run_dir(args.out, resume=args.resume)
 
-    from mars_jax.experiment import build_data, run_experiment
+    from mars_jax.experiment import build_data, mesh_settings, run_experiment
+    from mars_jax.parallel import initialize_distributed, placement_for
 
+    initialize_distributed(mesh_settings(config))  # before any JAX work
+    placement_for(mesh_settings(config))  # a mesh that does not fit the devices fails here
     data = build_data(config)  # bad data fails here, before any output is written
-    run_dir = _new_run_dir(args.out, config.output.dir, name)
+    run_dir = _new_run_dir(args.out, config.output.dir, name, resume=args.resume)
     display = RunDisplay(config, enabled=not args.quiet)
-    with display:
-        summary = run_experiment(config, run_dir, data=data, on_round=display.on_round)
+    with RunLock(run_dir):
+        _check_run_dir(run_dir, resume=args.resume)  # again, now that no other run can write
+        with display:
+            summary = run_experiment(
+                config,
+                run_dir,
+                data=data,
+                on_round=display.on_round,
+                resume=args.resume,
+                force=args.force,
+            )
     display.print_summary(summary, run_dir)
     return 0
 
@@ -199,6 +263,27 @@ def _command_curvature(args: argparse.Namespace) -> int:
     write_json_atomic(out, report)
     make_console().print(curvature_table(report))
     print(f"report: {out}")
+    return 0
+
+
+def _command_augment(args: argparse.Namespace) -> int:
+    from mars_jax.augment.command import run_augment
+    from mars_jax.config import load_config
+
+    path, overrides = _split_args(args.args)
+    config = load_config(path, overrides)
+    report = run_augment(
+        config,
+        args.out,
+        pairs_files=args.pairs or (),
+        force=args.force,
+        progress=config.output.progress and not args.quiet,
+    )
+    counts = report.counts
+    print(
+        f"pool {report.out_dir}: {counts['base_pairs_done']}/{counts['base_pairs']} base pairs "
+        f"({report.resumed} done before, {report.built} now), {counts['pool_pairs']} pool pairs"
+    )
     return 0
 
 
@@ -233,7 +318,7 @@ def _take_overrides(
 ) -> None:
     """Accept SECTION.KEY=VALUE overrides given after options (argparse leaves them over)."""
     unknown = [arg for arg in extra if arg.startswith("-") or "=" not in arg]
-    if unknown or (extra and args.command not in ("run", "config", "curvature")):
+    if unknown or (extra and args.command not in ("run", "config", "curvature", "augment")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     target = "overrides" if args.command == "curvature" else "args"
     if extra:
@@ -253,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _command_config(args)
         if args.command == "curvature":
             return _command_curvature(args)
+        if args.command == "augment":
+            return _command_augment(args)
         if args.command == "models":
             from mars_jax.models.pretrained import install_models
 

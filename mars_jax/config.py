@@ -36,6 +36,7 @@ from mars_jax.refine import METHODS
 
 __all__ = [
     "REFINE_METHODS",
+    "AugmentConfig",
     "Config",
     "ConfigError",
     "CurvatureConfig",
@@ -43,6 +44,7 @@ __all__ = [
     "EvalConfig",
     "ModelConfig",
     "OutputConfig",
+    "ParallelConfig",
     "RefineConfig",
     "TrainConfig",
     "config_from_dict",
@@ -117,6 +119,15 @@ class DataConfig:
     )
     label_flip_rate: float = _opt(
         0.0, "fraction of base-pair labels flipped at random", min=0, max=0.5
+    )
+    pool: str = _opt(
+        "perturb",
+        "synthetic pool: 'perturb' or 'mixup' (cheap generators on the features), or a pool "
+        "directory written by 'mars-jax augment' (suite 'pairs')",
+        non_empty=True,
+    )
+    mixup_scale: float = _opt(
+        0.3, "largest weight of the other base pair in a 'mixup' variation", min=0, max=1
     )
 
 
@@ -240,12 +251,58 @@ class CurvatureConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """The paraphrase pool built by ``mars-jax augment`` with a small language model."""
+
+    generator: str = _opt(
+        "smollm2", "text generator: smollm2 or a folder in HF layout", non_empty=True
+    )
+    dtype: str = _opt("float32", "generator weights dtype", choices=("float32", "bfloat16"))
+    batch_size: int = _opt(32, "sequences per generation batch", min=1)
+    prompt_paraphrases: int = _opt(5, "paraphrases of each prompt", min=1)
+    chosen_paraphrases: int = _opt(5, "paraphrases of each chosen response", min=1)
+    rejected_paraphrases: int = _opt(5, "paraphrases of each rejected response", min=1)
+    max_new_tokens: int = _opt(
+        256, "cap on new tokens per paraphrase (sized from the source below the cap)", min=1
+    )
+    temperature: float = _opt(0.8, "sampling temperature", min_exclusive=0)
+    top_p: float = _opt(0.95, "nucleus sampling mass", min_exclusive=0, max=1)
+    seed: int = _opt(0, "seed of the paraphrase samples", min=0)
+    chunk_size: int = _opt(32, "base pairs per chunk file (the unit of resuming)", min=1)
+    min_length_ratio: float = _opt(
+        0.5, "shortest accepted paraphrase, as a fraction of the source's length", min=0
+    )
+    max_length_ratio: float = _opt(
+        2.0, "longest accepted paraphrase, as a multiple of the source's length", min_exclusive=0
+    )
+    max_retries: int = _opt(2, "extra sampling rounds for rejected paraphrases", min=0)
+    max_source_tokens: int = _opt(
+        384, "longer sources (estimated tokens) are cut for paraphrasing (0: never)", min=0
+    )
+    semantic: bool = _opt(
+        False, "first rewrite pairs whose responses are closer than the mean (v2 method)"
+    )
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where and how results are written."""
 
     dir: str = _opt("runs", "parent folder of run directories", non_empty=True)
     plots: bool = _opt(True, "write plots into the run directory")
     progress: bool = _opt(True, "show progress bars")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Sharding over a device mesh (see mars_jax.parallel and the README)."""
+
+    enabled: bool = _opt(False, "shard training, scoring and curvature over a device mesh")
+    data: int = _opt(-1, "devices on the data axis (-1: all devices left after fsdp)", min=-1)
+    fsdp: int = _opt(1, "devices on the fsdp axis; parameters are split over it", min=1)
+    distributed: bool = _opt(
+        False, "call jax.distributed.initialize() first (multi-host: TPU slice, SLURM)"
+    )
 
 
 @dataclass(frozen=True)
@@ -258,7 +315,9 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 @dataclass(frozen=True)

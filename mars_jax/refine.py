@@ -42,13 +42,16 @@ from mars_jax.allocation import (
     pool_size_weights,
 )
 from mars_jax.curvature.report import CurvatureSettings, curvature_report
+from mars_jax.errors import MarsError
 from mars_jax.metrics import bootstrap_ci, evaluate_margins
-from mars_jax.train import Trainer, TrainState
+from mars_jax.parallel import Placement, pad_rows
+from mars_jax.train import StepStats, Trainer, TrainState
 from mars_jax.types import PairBatch, Pool, PyTree, tree_concat, tree_take
 
 __all__ = [
     "METHODS",
     "Allocation",
+    "NonFiniteTrainingError",
     "RefineData",
     "RefineSettings",
     "Refiner",
@@ -269,10 +272,16 @@ def ensemble_reward_fn(trainer: Trainer):
 
 @dataclass(frozen=True)
 class Refiner:
-    """Maps a :class:`RoundState` to the next for one method (see module docstring)."""
+    """Maps a :class:`RoundState` to the next for one method (see module docstring).
+
+    With a ``placement`` (see :mod:`mars_jax.parallel`) the training batches, the scoring
+    passes and the curvature estimators run sharded over its device mesh; without one,
+    everything runs on the default device.
+    """
 
     trainer: Trainer
     settings: RefineSettings
+    placement: Placement | None = None
 
     def init(self, key: jax.Array, params: PyTree, data: RefineData) -> RoundState:
         """The state before round 1: member-stacked params, warmed up on the base pairs.
@@ -289,9 +298,14 @@ class Refiner:
             num_base = base.weight.shape[0]
             pairs = self._training_set(data, base.weight, jnp.zeros(0, jnp.int32))
             train, _ = self._train(
-                train, warm_key, pairs, self.settings.warmup_epochs, num_pairs=num_base
+                train,
+                warm_key,
+                pairs,
+                self.settings.warmup_epochs,
+                num_pairs=num_base,
+                stage="warm-up",
             )
-        margins = self._member_margins(train.params, base.chosen, base.rejected)
+        margins = self._margins(train.params, base.chosen, base.rejected)
         return RoundState(
             train=train,
             round_index=0,
@@ -311,7 +325,7 @@ class Refiner:
         priority = None
         if settings.method == "west_of_n" and draw_count:
             pool = data.pool
-            priority = self._member_margins(state.train.params, pool.chosen, pool.rejected)
+            priority = self._margins(state.train.params, pool.chosen, pool.rejected)
             priority = priority.mean(axis=0)
         priority = clock.lap("score_pool", priority)
         allocation = _jit_allocate(settings, draw_count, _max_per_source(data.pool))(
@@ -331,11 +345,16 @@ class Refiner:
         if settings.reset_optimizer:
             train = self._fresh_train_state(train.params)
         train, loss = self._train(
-            train, train_key, train_set, settings.epochs_per_round, num_pairs=num_train_pairs
+            train,
+            train_key,
+            train_set,
+            settings.epochs_per_round,
+            num_pairs=num_train_pairs,
+            stage=f"round {state.round_index + 1}",
         )
         clock.lap("train")
 
-        base_margins = self._member_margins(train.params, data.base.chosen, data.base.rejected)
+        base_margins = self._margins(train.params, data.base.chosen, data.base.rejected)
         base_margins = clock.lap("score", base_margins)
         heldout = self.evaluate(train.params, data.heldout, boot_key)
         clock.lap("evaluate")
@@ -402,9 +421,19 @@ class Refiner:
 
     def evaluate(self, params: PyTree, pairs: PairBatch, key: jax.Array) -> dict[str, float]:
         """Held-out metrics of the member-averaged reward, with a bootstrap accuracy CI."""
-        metrics, margins = _jit_heldout_metrics(self.trainer, self.settings.calibration_bins)(
-            params, pairs.chosen, pairs.rejected
-        )
+        num_bins = self.settings.calibration_bins
+        placement = self.placement
+        if placement is None:
+            metrics, margins = _jit_heldout_metrics(self.trainer, num_bins)(
+                params, pairs.chosen, pairs.rejected
+            )
+        else:
+            num_pairs = pairs.weight.shape[0]
+            rewards = _jit_mean_rewards(self.trainer)(
+                placement.put_params(params), *placement.put_rows((pairs.chosen, pairs.rejected))
+            )
+            rewards = [placement.unpad(r, num_pairs) for r in rewards]
+            metrics, margins = _jit_reward_metrics(num_bins)(*rewards)
         result = {name: float(value) for name, value in metrics.items()}
         if self.settings.num_bootstrap:
             interval = self._accuracy_interval(key, margins)
@@ -437,6 +466,7 @@ class Refiner:
             ),
             "train": train_set,
         }
+        placement = self.placement
         return curvature_report(
             ensemble_reward_fn(self.trainer),
             params,
@@ -444,7 +474,21 @@ class Refiner:
             key,
             settings=self.settings.curvature,
             loss=self.trainer.loss,
+            place_params=None if placement is None else placement.put_params,
+            place_pairs=None if placement is None else placement.put_pairs,
+            constrain=None if placement is None else placement.constrain_params,
         )
+
+    def _margins(self, params: PyTree, chosen: PyTree, rejected: PyTree) -> jax.Array:
+        """Margins ``[M, B]`` of every member; sharded by rows over the placement's mesh."""
+        placement = self.placement
+        if placement is None:
+            return self._member_margins(params, chosen, rejected)
+        num_pairs = jax.tree.leaves(chosen)[0].shape[0]
+        margins = self._member_margins(
+            placement.put_params(params), *placement.put_rows((chosen, rejected))
+        )
+        return placement.unpad(margins, num_pairs, axis=1)
 
     def _round_budget(self, state: RoundState) -> int:
         settings = self.settings
@@ -480,11 +524,22 @@ class Refiner:
         return jax.vmap(self.trainer.init_state)(params)
 
     def _train(
-        self, train: TrainState, key: jax.Array, pairs: PairBatch, epochs: int, num_pairs: int
+        self,
+        train: TrainState,
+        key: jax.Array,
+        pairs: PairBatch,
+        epochs: int,
+        num_pairs: int,
+        *,
+        stage: str,
     ) -> tuple[TrainState, float]:
         """``epochs`` shuffled passes over the first ``num_pairs`` rows of ``pairs``.
 
         Returns the state and the mean training loss.
+
+        Raises:
+          NonFiniteTrainingError: a loss or gradient norm was NaN or infinite (checked on
+            the host once, after the last chunk; ``stage`` names the round in the message).
         """
         settings = self.settings
         num_members = int(train.step.shape[0])
@@ -495,7 +550,13 @@ class Refiner:
             step=jnp.zeros_like(train.step),
             num_steps=jnp.full_like(train.num_steps, steps_per_epoch * epochs),
         )
+        placement = self.placement
+        if placement is not None:
+            train = placement.put_params(train)
+            pairs = placement.put_replicated(pairs)
         loss_sum = jnp.zeros(())
+        finite = jnp.asarray(True)
+        chunk_stats = []
         for epoch_key in jax.random.split(key, epochs):
             rows, mask = _epoch_rows(
                 epoch_key, num_pairs, num_members, settings.batch_size, num_chunks * chunk
@@ -503,8 +564,25 @@ class Refiner:
             for index in range(num_chunks):
                 steps = slice(index * chunk, (index + 1) * chunk)
                 active = np.arange(chunk) < (steps_per_epoch - index * chunk)
-                train, losses = self._train_chunk(train, pairs, rows[steps], mask[steps], active)
-                loss_sum = loss_sum + jnp.sum(losses)
+                step_rows, step_mask = rows[steps], mask[steps]
+                if placement is not None:
+                    step_rows, step_mask, active = _place_steps(
+                        placement, step_rows, step_mask, active
+                    )
+                train, stats = self._train_chunk(train, pairs, step_rows, step_mask, active)
+                loss_sum = loss_sum + jnp.sum(stats.loss)
+                finite = finite & _all_finite(stats)
+                chunk_stats.append(stats)
+        if not bool(finite):
+            raise _non_finite_error(
+                settings.method,
+                stage,
+                chunk_stats,
+                chunk=chunk,
+                chunks_per_epoch=num_chunks,
+                steps_per_epoch=steps_per_epoch,
+                total=steps_per_epoch * epochs,
+            )
         return train, float(loss_sum) / max(steps_per_epoch * epochs * num_members, 1)
 
     @property
@@ -522,6 +600,47 @@ class Refiner:
 
 # Compiled functions are shared by every Refiner of the same trainer (e.g. the methods
 # of one run), so each shape compiles once per run rather than once per method.
+
+
+class NonFiniteTrainingError(MarsError):
+    """Training produced a NaN or infinite loss or gradient norm; the state is discarded."""
+
+
+@jax.jit
+def _all_finite(stats: StepStats) -> jax.Array:
+    return jnp.isfinite(stats.loss).all() & jnp.isfinite(stats.grad_norm).all()
+
+
+def _non_finite_error(
+    method: str,
+    stage: str,
+    chunk_stats: list[StepStats],
+    *,
+    chunk: int,
+    chunks_per_epoch: int,
+    steps_per_epoch: int,
+    total: int,
+) -> NonFiniteTrainingError:
+    """The error naming the first step whose loss or gradient norm is not finite.
+
+    ``chunk_stats`` holds each chunk's ``[C, M]`` statistics in order, ``chunks_per_epoch``
+    chunks per epoch (the last one padded with steps whose statistics are 0); ``total`` is
+    the number of real steps of the stage.
+    """
+    for chunk_index, stats in enumerate(chunk_stats):
+        epoch, index = divmod(chunk_index, chunks_per_epoch)
+        losses, norms = np.asarray(stats.loss), np.asarray(stats.grad_norm)
+        for row in range(losses.shape[0]):
+            for name, values in (("loss", losses[row]), ("gradient norm", norms[row])):
+                bad = ~np.isfinite(values)
+                if bad.any():
+                    step = epoch * steps_per_epoch + index * chunk + row + 1
+                    member = f", ensemble member {int(np.argmax(bad))}" if values.size > 1 else ""
+                    return NonFiniteTrainingError(
+                        f"method {method!r}, {stage}, step {step} of {total}{member}: "
+                        f"training {name} is {values[bad][0]}; stopped before saving this state"
+                    )
+    return NonFiniteTrainingError(f"method {method!r}, {stage}: non-finite training statistics")
 
 
 @functools.cache
@@ -558,21 +677,54 @@ def _jit_member_margins(trainer: Trainer):
     return jax.jit(margins)
 
 
+def _mean_rewards(trainer: Trainer, params: PyTree, chosen: PyTree, rejected: PyTree):
+    """Member-averaged rewards ``([B], [B])`` of the chosen and rejected responses."""
+    return (
+        trainer.member_rewards(params, chosen).mean(axis=0),
+        trainer.member_rewards(params, rejected).mean(axis=0),
+    )
+
+
+def _reward_metrics(chosen_rewards: jax.Array, rejected_rewards: jax.Array, num_bins: int):
+    margins = chosen_rewards - rejected_rewards
+    metrics = evaluate_margins(
+        margins, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards, num_bins=num_bins
+    )
+    return metrics, margins
+
+
 @functools.cache
 def _jit_heldout_metrics(trainer: Trainer, num_bins: int):
     def heldout(params: PyTree, chosen: PyTree, rejected: PyTree):
-        chosen_rewards = trainer.member_rewards(params, chosen).mean(axis=0)
-        rejected_rewards = trainer.member_rewards(params, rejected).mean(axis=0)
-        margins = chosen_rewards - rejected_rewards
-        metrics = evaluate_margins(
-            margins,
-            chosen_rewards=chosen_rewards,
-            rejected_rewards=rejected_rewards,
-            num_bins=num_bins,
-        )
-        return metrics, margins
+        return _reward_metrics(*_mean_rewards(trainer, params, chosen, rejected), num_bins)
 
     return jax.jit(heldout)
+
+
+@functools.cache
+def _jit_mean_rewards(trainer: Trainer):
+    return jax.jit(functools.partial(_mean_rewards, trainer))
+
+
+@functools.cache
+def _jit_reward_metrics(num_bins: int):
+    return jax.jit(functools.partial(_reward_metrics, num_bins=num_bins))
+
+
+def _place_steps(
+    placement: Placement, rows: np.ndarray, mask: np.ndarray, active: np.ndarray
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A chunk's rows and mask ``[C, M, b]`` padded on ``b`` with masked slots, sharded on b.
+
+    Padding slots point at row 0 with mask 0, so they carry zero loss weight.
+    """
+    multiple = placement.batch_multiple
+    sharding = placement.rows_sharding(3, axis=2)
+    return (
+        placement.put(pad_rows(rows, multiple, axis=2), sharding),
+        placement.put(pad_rows(mask, multiple, axis=2), sharding),
+        placement.put(active, placement.replicated),
+    )
 
 
 @functools.cache

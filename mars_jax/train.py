@@ -28,6 +28,7 @@ __all__ = [
     "EvalSums",
     "LossSettings",
     "OptimizerSettings",
+    "StepStats",
     "TrainState",
     "Trainer",
     "learning_rate_at",
@@ -61,6 +62,13 @@ class EvalSums(NamedTuple):
     loss_sum: jax.Array
     correct: jax.Array
     count: jax.Array
+
+
+class StepStats(NamedTuple):
+    """Per-step training statistics: the loss and the gradient's global norm (pre-clipping)."""
+
+    loss: jax.Array
+    grad_norm: jax.Array
 
 
 class TrainState(struct.PyTreeNode):
@@ -144,6 +152,13 @@ class Trainer:
 
     def train_step(self, state: TrainState, batch: PairBatch) -> tuple[TrainState, jax.Array]:
         """One optimizer step on one model. Returns ``(new_state, loss)``."""
+        new_state, stats = self.train_step_with_stats(state, batch)
+        return new_state, stats.loss
+
+    def train_step_with_stats(
+        self, state: TrainState, batch: PairBatch
+    ) -> tuple[TrainState, StepStats]:
+        """One optimizer step on one model. Returns ``(new_state, stats)``."""
         (loss, _), grads = jax.value_and_grad(
             lambda p: pairwise_loss(p, batch, reward_fn=self.reward_fn, loss=self.loss),
             has_aux=True,
@@ -157,7 +172,7 @@ class Trainer:
         )
         params = jax.tree.map(lambda p, u: p - rate * u, state.params, updates)
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
-        return new_state, loss
+        return new_state, StepStats(loss, optax.tree.norm(grads))
 
     def train_chunk(
         self,
@@ -166,7 +181,7 @@ class Trainer:
         rows: jax.Array,
         mask: jax.Array,
         active: jax.Array,
-    ) -> tuple[TrainState, jax.Array]:
+    ) -> tuple[TrainState, StepStats]:
         """Up to ``C`` steps on an ensemble of ``M`` members with ``lax.scan``.
 
         Batches are gathered from ``pairs`` inside the compiled loop, so the host sends
@@ -181,9 +196,9 @@ class Trainer:
             last chunk of an epoch, so chunks have one shape and compile once).
 
         Returns:
-          ``(state, losses[C, M])`` with 0 loss on inactive steps.
+          ``(state, stats)``: :class:`StepStats` of ``[C, M]`` arrays, 0 on inactive steps.
         """
-        member_step = jax.vmap(self.train_step)
+        member_step = jax.vmap(self.train_step_with_stats)
 
         def body(carry: TrainState, step: tuple[jax.Array, jax.Array, jax.Array]):
             step_rows, step_mask, is_active = step
@@ -195,7 +210,7 @@ class Trainer:
             return jax.lax.cond(
                 is_active,
                 member_step,
-                lambda s, b: (s, jnp.zeros(b.weight.shape[:1], jnp.float32)),
+                lambda s, b: (s, StepStats(*2 * [jnp.zeros(b.weight.shape[:1], jnp.float32)])),
                 carry,
                 batch,
             )

@@ -423,7 +423,7 @@ def other_value(key: str, value: Any, meta: dict[str, Any]) -> Any:
     if isinstance(value, int):
         return value + 1
     if isinstance(value, float):
-        return value + 0.25
+        return value + 0.25 if value + 0.25 <= meta.get("max", value + 0.25) else value - 0.25
     if isinstance(value, str):
         return value + "-other"
     if "item_choices" in meta:

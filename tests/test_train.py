@@ -145,7 +145,7 @@ def test_train_chunk_with_inactive_steps_equals_fewer_plain_steps():
     mask = np.ones((4, 2, 16), np.float32)
     mask[1, :, 8:] = 0.0  # half of step 2 is padding
     active = jnp.array([True, True, False, False])
-    chunk_state, losses = jax.jit(trainer.train_chunk)(state, pairs, rows, mask, active)
+    chunk_state, stats = jax.jit(trainer.train_chunk)(state, pairs, rows, mask, active)
 
     expected = state
     for step in range(2):
@@ -157,5 +157,15 @@ def test_train_chunk_with_inactive_steps_equals_fewer_plain_steps():
         expected, _ = jax.vmap(trainer.train_step)(expected, batch)
     for got, want in zip(jax.tree.leaves(chunk_state), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
-    assert losses.shape == (4, 2)
-    np.testing.assert_array_equal(np.asarray(losses[2:]), 0.0)
+    assert stats.loss.shape == stats.grad_norm.shape == (4, 2)
+    np.testing.assert_array_equal(np.asarray(stats.loss[2:]), 0.0)
+    np.testing.assert_array_equal(np.asarray(stats.grad_norm[2:]), 0.0)
+
+    first = PairBatch(
+        pairs.chosen[rows[0, 0]], pairs.rejected[rows[0, 0]], pairs.weight[rows[0, 0]]
+    )
+    grads = jax.grad(
+        lambda p: pairwise_loss(p, first, reward_fn=model.reward_fn, loss=trainer.loss)[0]
+    )(jax.tree.map(lambda leaf: leaf[0], params))
+    norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(float(stats.grad_norm[0, 0]), norm, rtol=1e-5)

@@ -79,8 +79,14 @@ def curvature_report(
     *,
     settings: CurvatureSettings = DEFAULT_SETTINGS,
     loss: LossSettings = DEFAULT_LOSS,
+    place_params: Callable[[PyTree], PyTree] | None = None,
+    place_pairs: Callable[[PairBatch], PairBatch] | None = None,
+    constrain: Callable[[PyTree], PyTree] | None = None,
 ) -> dict[str, Any]:
     """Curvature of the pairwise loss of ``reward_fn`` at ``params`` on each subset.
+
+    The three optional callables are the caller's sharding (see
+    :class:`mars_jax.parallel.Placement`); the estimators themselves know no mesh.
 
     Args:
       reward_fn: ``reward_fn(params, inputs) -> rewards[B]``; pass the same function
@@ -91,6 +97,12 @@ def curvature_report(
       key: PRNG key (probes, starting vectors, subsampling).
       settings: estimator sizes, operators, precision and dtype.
       loss: the loss whose curvature is measured (the training loss by default).
+      place_params: lays out the (cast) parameters on devices, e.g. fsdp-sharded.
+      place_pairs: lays out each subsample, e.g. padded with weight-0 pairs and sharded
+        by rows.
+      constrain: applied inside ``jit`` to every probe, starting vector and operator
+        input and output (pytrees like the parameters), e.g. a sharding constraint that
+        keeps Lanczos vectors sharded like the parameters; hashable (compiled per value).
 
     Returns:
       A JSON-ready dict: ``dtype``, ``matmul_precision``, ``num_params``, and per subset
@@ -108,6 +120,8 @@ def curvature_report(
     }
     with jax.enable_x64(settings.float64), jax.default_matmul_precision(settings.precision):
         cast_params = _cast(params, dtype)
+        if place_params is not None:
+            cast_params = place_params(cast_params)
         for index, (name, pairs) in enumerate(subsets.items()):
             subset_key = jax.random.fold_in(key, index)
             sample_key, estimate_key = jax.random.split(subset_key)
@@ -116,9 +130,12 @@ def curvature_report(
                 "num_pairs": int(sample.weight.shape[0]),
                 "subsampled": bool(np.sum(np.asarray(pairs.weight) > 0) > settings.max_pairs),
             }
+            sample = _cast(sample, dtype)
+            if place_pairs is not None:
+                sample = place_pairs(sample)
             for operator in settings.operators:
-                estimate = _compiled_estimator(reward_fn, operator, settings, loss)
-                results = estimate(cast_params, _cast(sample, dtype), estimate_key)
+                estimate = _compiled_estimator(reward_fn, operator, settings, loss, constrain)
+                results = estimate(cast_params, sample, estimate_key)
                 entry[operator] = {field: result.to_json() for field, result in results.items()}
             report["subsets"][name] = entry
     return report
@@ -126,7 +143,11 @@ def curvature_report(
 
 @functools.cache
 def _compiled_estimator(
-    reward_fn: RewardFn, operator: str, settings: CurvatureSettings, loss: LossSettings
+    reward_fn: RewardFn,
+    operator: str,
+    settings: CurvatureSettings,
+    loss: LossSettings,
+    constrain: Callable[[PyTree], PyTree] | None = None,
 ) -> Callable[[PyTree, PairBatch, jax.Array], dict[str, Any]]:
     if operator == "hessian":
         product = hessian_vector_product(bradley_terry_loss_fn(reward_fn, loss=loss))
@@ -135,9 +156,11 @@ def _compiled_estimator(
     else:
         raise ValueError(f"unknown curvature operator {operator!r}; expected one of {OPERATORS}")
 
+    pin = _identity if constrain is None else constrain
+
     def estimate(params: PyTree, batch: PairBatch, key: jax.Array) -> dict[str, Any]:
         def matvec(vector: PyTree) -> PyTree:
-            return product(params, batch, vector)
+            return pin(product(params, batch, pin(vector)))
 
         size = tree_size(params)
         power_key, lanczos_key, trace_key, density_key = jax.random.split(key, 4)
@@ -145,12 +168,12 @@ def _compiled_estimator(
         return {
             "top_eigenvalue": power_iteration(
                 matvec,
-                tree_random_like(power_key, params, kind="normal"),
+                pin(tree_random_like(power_key, params, kind="normal")),
                 num_iters=settings.power_iters,
             ),
             "top_eigenvalues": lanczos_eigenvalues(
                 matvec,
-                tree_random_like(lanczos_key, params, kind="normal"),
+                pin(tree_random_like(lanczos_key, params, kind="normal")),
                 order=lanczos_order,
                 num_eigenvalues=min(settings.num_eigenvalues, lanczos_order),
             ),
@@ -165,6 +188,10 @@ def _compiled_estimator(
         }
 
     return jax.jit(estimate)
+
+
+def _identity(tree: PyTree) -> PyTree:
+    return tree
 
 
 def _cast(tree: PyTree, dtype: jnp.dtype) -> PyTree:

@@ -3,31 +3,62 @@
 The frozen-encoder path: every response is read as ``prompt [SEP] response`` (truncated from
 the left, so the response survives a long dialogue) and embedded once by a frozen text encoder
 (all-MiniLM-L6-v2 by default), with an on-disk cache reused across runs. The features are
-standardised with the base pairs' statistics, and the synthetic pool comes from the
-representation-level generator (perturbations of the cached embeddings, in the same
-paraphrase scheme as the synthetic suite) until a language-model paraphraser is plugged in.
+standardised with the base pairs' statistics. The synthetic pool (``data.pool``) comes from a
+cheap representation-level generator on those features (:mod:`mars_jax.augment.cheap`:
+perturbations or mixup, in the same paraphrase scheme as the synthetic suite), or from a
+paraphrase pool directory written by ``mars-jax augment``: its texts are embedded by the same
+encoder (through the same cache) and matched to the base pairs by base key; a pool pair of a
+base pair whose label was flipped is flipped too, since it inherits its base pair's label.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.config import Config
-from mars_jax.data.formats import read_pairs
-from mars_jax.data.synthetic import make_pool_variations
-from mars_jax.data.table import PairTable, clean_pairs, sample_pairs, split_by_group
+from mars_jax.augment.cheap import POOL_GENERATORS, make_cheap_pool
+from mars_jax.augment.pool import PoolContents, base_keys, read_pool
+from mars_jax.config import Config, ConfigError
+from mars_jax.data.formats import ReadResult, read_pairs
+from mars_jax.data.table import (
+    CleaningReport,
+    PairTable,
+    clean_pairs,
+    sample_pairs,
+    split_by_group,
+)
 from mars_jax.errors import MarsError
 from mars_jax.models.embeddings import EmbeddingCache, TextEncoder, embed_with_cache, pair_text
 from mars_jax.models.pretrained import resolve_encoder
 from mars_jax.refine import RefineData
-from mars_jax.types import PairBatch
+from mars_jax.types import PairBatch, Pool
 
-__all__ = ["build_text_data", "flip_labels"]
+__all__ = ["BaseSelection", "build_text_data", "flip_labels", "select_base_pairs"]
+
+
+class BaseSelection(NamedTuple):
+    """The pairs a run uses, and how they were chosen from the files.
+
+    Attributes:
+      read: what the readers returned (all pairs, invalid-record counts).
+      cleaning: what cleaning dropped.
+      train: the training side of the split by prompt or post.
+      heldout: the held-out side.
+      base: the sampled base pairs (labels as read: before any flips).
+      held: the sampled held-out pairs.
+    """
+
+    read: ReadResult
+    cleaning: CleaningReport
+    train: PairTable
+    heldout: PairTable
+    base: PairTable
+    held: PairTable
 
 
 def flip_labels(table: PairTable, *, rate: float, seed: int) -> tuple[PairTable, np.ndarray]:
@@ -47,8 +78,8 @@ def flip_labels(table: PairTable, *, rate: float, seed: int) -> tuple[PairTable,
     ), flipped
 
 
-def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
-    """The run's data from the preference files in ``config.data.paths``."""
+def select_base_pairs(config: Config) -> BaseSelection:
+    """Read, clean, split and sample the pairs of ``config.data.paths`` as a run does."""
     data = config.data
     read = read_pairs(
         [Path(p) for p in data.paths], format=data.format, skip_invalid=data.skip_invalid
@@ -62,7 +93,66 @@ def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
             f"data.paths: {len(table)} usable pairs give {len(base)} base and {len(held)} "
             "held-out pairs; both must be non-empty (check data.heldout_fraction)"
         )
-    base, flipped = flip_labels(base, rate=data.label_flip_rate, seed=data.seed)
+    return BaseSelection(read, cleaning, train, heldout, base, held)
+
+
+def _directory_pool(
+    contents: PoolContents,
+    base: PairTable,
+    flipped: np.ndarray,
+    embed: Callable[[list[str]], np.ndarray],
+    separator: str,
+) -> tuple[Pool, dict[str, Any]]:
+    """The pool read from a pool directory for ``base`` (unflipped texts), as features.
+
+    ``embed(texts) -> [N, D]`` gives standardised features.
+    """
+    directory = contents.directory
+    keys = base_keys(base.prompt, base.chosen, base.rejected)
+    per_base = contents.pairs_for(keys)
+    counts = np.array([len(pairs) for pairs in per_base])
+    if not counts.sum():
+        raise MarsError(
+            f"data.pool: {directory} has no pool pairs for any of the {len(keys)} base pairs "
+            "(was it built for other files or another data selection?)"
+        )
+    chosen, rejected = [], []
+    for pairs, flip in zip(per_base, flipped, strict=True):
+        for pair in pairs:
+            good = pair_text(pair.prompt, pair.chosen, separator)
+            bad = pair_text(pair.prompt, pair.rejected, separator)
+            chosen.append(bad if flip else good)
+            rejected.append(good if flip else bad)
+    vectors = embed(chosen + rejected)
+    pool = Pool(
+        chosen=vectors[: len(chosen)],
+        rejected=vectors[len(chosen) :],
+        source=jnp.asarray(np.repeat(np.arange(len(keys)), counts), jnp.int32),
+        offsets=jnp.asarray(np.concatenate([[0], np.cumsum(counts)]), jnp.int32),
+    )
+    info = {
+        "pool_dir": str(directory),
+        "pool_generator": contents.manifest.get("generator"),
+        "base_pairs_with_pool_pairs": int(np.count_nonzero(counts)),
+    }
+    return pool, info
+
+
+def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
+    """The run's data from the preference files in ``config.data.paths``."""
+    data = config.data
+    contents = None
+    if data.pool not in POOL_GENERATORS:
+        if not Path(data.pool).expanduser().is_dir():
+            raise ConfigError(
+                f"data.pool: {data.pool!r} is neither one of {', '.join(POOL_GENERATORS)} "
+                "nor a pool directory"
+            )
+        contents = read_pool(Path(data.pool).expanduser())
+    selection = select_base_pairs(config)
+    read, cleaning, train, heldout = selection[:4]
+    base, flipped = flip_labels(selection.base, rate=data.label_flip_rate, seed=data.seed)
+    held = selection.held
 
     encoder = TextEncoder(
         resolve_encoder(data.encoder),
@@ -77,10 +167,11 @@ def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
         for responses in (part.chosen, part.rejected)
         for prompt, response in zip(part.prompt, responses, strict=True)
     ]
+    cache = EmbeddingCache(Path(data.cache_dir).expanduser())
     vectors, cache_stats = embed_with_cache(
         encoder,
         texts,
-        EmbeddingCache(Path(data.cache_dir).expanduser()),
+        cache,
         batch_size=data.embed_batch_size,
         progress=config.output.progress,
     )
@@ -98,14 +189,33 @@ def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
         return PairBatch(features(chosen), features(rejected), jnp.ones(len(chosen), jnp.float32))
 
     base_pairs = pairs(base_chosen, base_rejected)
-    pool = make_pool_variations(
-        data.seed,
-        base_pairs.chosen,
-        base_pairs.rejected,
-        paraphrases=data.paraphrases,
-        perturbation_scale=data.perturbation_scale,
-        prompt_shift_scale=data.prompt_shift_scale,
-    )
+    pool_info: dict[str, Any] = {"pool": data.pool}
+    if contents is None:
+        pool = make_cheap_pool(
+            data.pool,
+            data.seed,
+            base_pairs.chosen,
+            base_pairs.rejected,
+            paraphrases=data.paraphrases,
+            perturbation_scale=data.perturbation_scale,
+            prompt_shift_scale=data.prompt_shift_scale,
+            mixup_scale=data.mixup_scale,
+        )
+    else:
+
+        def embed(texts: list[str]) -> jnp.ndarray:
+            found, stats = embed_with_cache(
+                encoder,
+                texts,
+                cache,
+                batch_size=data.embed_batch_size,
+                progress=config.output.progress,
+            )
+            pool_info["pool_embedding_cache"] = {"hits": stats.hits, "misses": stats.misses}
+            return features(found)
+
+        pool, found_info = _directory_pool(contents, selection.base, flipped, embed, separator)
+        pool_info |= found_info
     info = {
         "suite": "pairs",
         "paths": list(data.paths),
@@ -120,6 +230,7 @@ def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
         "num_heldout_pairs": num_held,
         "num_flipped": int(flipped.sum()),
         "num_pool_pairs": int(pool.source.shape[0]),
+        **pool_info,
         "encoder": encoder.identity,
         "embedding_cache": {"hits": cache_stats.hits, "misses": cache_stats.misses},
         "feature_dim": int(vectors.shape[1]),

@@ -66,6 +66,7 @@ __all__ = [
     "load_tokenizer",
     "model_fingerprint",
     "pair_text",
+    "progress_bar",
     "text_key",
     "tokenize_pairs",
 ]
@@ -195,24 +196,31 @@ def _pooled_forward(
 
 
 class _RateColumn(ProgressColumn):
-    """Sequences per second of a progress task."""
+    """Items per second of a progress task."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("-- seq/s" if speed is None else f"{speed:,.1f} seq/s")
+        return Text(f"-- {self.unit}/s" if speed is None else f"{speed:,.1f} {self.unit}/s")
 
 
 @contextmanager
-def _progress_bar(total: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    total: int, *, enabled: bool, label: str = "embedding", unit: str = "seq"
+) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (count, rate, ETA); yields ``advance(n)``."""
     columns = (
-        TextColumn("embedding"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(),
+        _RateColumn(unit),
         TimeRemainingColumn(),
     )
     with Progress(*columns, disable=not enabled) as progress:
-        task = progress.add_task("embedding", total=total)
+        task = progress.add_task(label, total=total)
         yield partial(progress.advance, task)
 
 
@@ -320,7 +328,7 @@ class TextEncoder:
         order = np.argsort([len(ids) for ids in token_ids], kind="stable")
         pad_id = self.tokenizer.pad_token_id or 0
         num_rows = min(batch_size, 1 << max(len(token_ids) - 1, 0).bit_length())
-        with _progress_bar(len(token_ids), enabled=progress) as advance:
+        with progress_bar(len(token_ids), enabled=progress) as advance:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 length = _bucket(len(token_ids[rows[-1]]), self._buckets)

@@ -1,0 +1,805 @@
+"""Regenerate ``benchmarks/REPORT.md`` and its plots from the raw experiment JSON only.
+
+Reads every ``RESULTS/EXPERIMENT/DATASET/CELL-seedK.json`` written by
+``benchmarks/experiments.py`` and writes the report: per data set, the mean and 95%
+t-interval over training seeds of held-out accuracy, ROC-AUC and signal-to-noise; the paired
+difference MARS - uniform per seed with its interval, beside the original's reported numbers;
+the curvature ratio MARS / uniform; accuracy against the synthetic budget; the drop under label
+noise; the hardware and the exact commands; a verdict per claim from a stated rule; and the
+speed ratios of ``benchmarks/README.md``'s Summary table, each with its device. Plots go to
+``RESULTS/plots/*.png``.
+
+Usage::
+
+    python benchmarks/make_report.py [--results benchmarks/results] [--out benchmarks/REPORT.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from scipy import stats
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "REPORT.md"
+BENCH_README = REPO_ROOT / "benchmarks" / "README.md"
+LEVEL = 0.95
+BUDGET_CLAIM = 30
+CURVATURE_CLAIM = 1.3
+METHOD_ORDER = ("none", "uniform", "west_of_n", "mars", "mars_signed", "ensemble", "adaboost")
+# method.md section 5: held-out pairwise accuracy, uniform augmentation -> MARS.
+ORIGINAL = {
+    "synthetic": ("a synthetic preference suite", 0.804, 0.860),
+    "tldr": ("OpenAI summarization", 0.712, 0.775),
+}
+ORIGINAL_NOT_RUN = "StackExchange answer ranking, 68.9% -> 74.1%"
+POOL_NOTE = "representation-level pool, not the SmolLM2 paraphrase pool the issue asks for"
+
+Runs = dict[str, dict[str, dict[str, dict[int, dict[str, Any]]]]]
+
+
+def load_runs(results: Path) -> Runs:
+    """``runs[experiment][dataset][cell][seed]``: every raw JSON under ``results``."""
+    runs: Runs = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for path in sorted(results.glob("*/*/*-seed*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        runs[record["experiment"]][record["dataset"]][record["cell"]][record["seed"]] = record
+    return runs
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean and two-sided ``level`` Student-t interval of the mean (NaN bounds for n < 2)."""
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return mean, mean - half, mean + half
+
+
+def fmt(stat: tuple[float, float, float], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean [lo, hi]`` with ``scale`` applied (``n/a`` bounds when undefined)."""
+    mean, lo, hi = (v * scale if v is not None else math.nan for v in stat)
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(lo):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def claim_verdict(lo: float, hi: float, null: float, claimed: float | None) -> str:
+    """The sign rule, refined by the claimed size when the claim states one.
+
+    With a claimed size: **supported** if the interval lies above ``null`` and reaches the
+    claimed size; **partly supported** if it lies above ``null`` but below the claimed size;
+    **not supported** if it lies below the claimed size without lying above ``null``;
+    **inconclusive** if it contains both. Without one: :func:`verdict`.
+    """
+    if claimed is None or math.isnan(lo):
+        return verdict(lo, hi, null)
+    if lo > null:
+        if hi < claimed:
+            return "partly supported (the direction holds; the size is below the claimed one)"
+        return "supported"
+    if hi < claimed:
+        if hi < null:
+            return "not supported (the opposite holds)"
+        return "not supported (no effect detected; the claimed size lies above the interval)"
+    return "inconclusive"
+
+
+def side(lo: float, hi: float, null: float = 0.0) -> str:
+    """Where the interval lies relative to ``null``: above, below, or around it."""
+    if math.isnan(lo):
+        return "n/a (1 seed)"
+    if lo > null:
+        return f"above {null:g}"
+    if hi < null:
+        return f"below {null:g}"
+    return f"contains {null:g}"
+
+
+def verdict(lo: float, hi: float, null: float = 0.0) -> str:
+    """The sign rule: the interval lies above ``null``, below it, or contains it."""
+    if math.isnan(lo):
+        return "inconclusive (fewer than 2 seeds)"
+    if lo > null:
+        return "supported"
+    if hi < null:
+        return "not supported (the opposite holds)"
+    return "inconclusive"
+
+
+def _methods(cell: dict[int, dict[str, Any]]) -> list[str]:
+    found = {m for record in cell.values() for m in record["methods"]}
+    return [m for m in METHOD_ORDER if m in found] + sorted(found - set(METHOD_ORDER))
+
+
+def _values(cell: dict[int, dict[str, Any]], method: str, metric: str) -> list[float]:
+    return [
+        r["methods"][method][metric]
+        for _, r in sorted(cell.items())
+        if method in r["methods"] and r["methods"][method].get(metric) is not None
+    ]
+
+
+def paired(
+    a: dict[int, dict[str, Any]],
+    b: dict[int, dict[str, Any]],
+    method_a: str,
+    method_b: str,
+    metric: str = "accuracy",
+) -> list[float]:
+    """Per seed present in both: ``a[method_a] - b[method_b]``."""
+    seeds = sorted(set(a) & set(b))
+    return [
+        a[s]["methods"][method_a][metric] - b[s]["methods"][method_b][metric]
+        for s in seeds
+        if method_a in a[s]["methods"] and method_b in b[s]["methods"]
+    ]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> list[str]:
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _dataset_title(dataset: str, cell: dict[int, dict[str, Any]]) -> str:
+    """The data set's name, noting a text data set whose pool is the perturbation one."""
+    data = next(iter(cell.values()))["config"]["data"]
+    if data["suite"] == "pairs" and data.get("pool", "perturb") == "perturb":
+        return f"`{dataset}` ({POOL_NOTE})"
+    return f"`{dataset}`"
+
+
+def _save(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110)
+    fig.clear()
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _errorbar(ax: Any, xs: Sequence[float], stat_list: Sequence[tuple], **kwargs: Any) -> None:
+    means = np.array([s[0] for s in stat_list])
+    lo = np.array([s[1] if not math.isnan(s[1]) else s[0] for s in stat_list])
+    hi = np.array([s[2] if not math.isnan(s[2]) else s[0] for s in stat_list])
+    ax.errorbar(xs, means, yerr=[means - lo, hi - means], capsize=3, **kwargs)
+
+
+class Report:
+    """Accumulates the report's lines, plots and per-claim verdicts."""
+
+    def __init__(self, runs: Runs, results: Path, out: Path) -> None:
+        self.runs, self.results, self.out = runs, results, out
+        self.plots = results / "plots"
+        self.lines: list[str] = []
+        self.claims: list[tuple[str, str, str]] = []
+
+    def plot_link(self, path: Path) -> str:
+        try:
+            shown = path.relative_to(self.out.parent)
+        except ValueError:
+            shown = path
+        return f"![{path.stem}]({shown.as_posix()})"
+
+    def accuracy(self) -> None:
+        self.lines += ["## 1. Held-out accuracy, ROC-AUC and signal-to-noise", ""]
+        self.lines += [
+            f"Mean over training seeds and its {LEVEL:.0%} Student-t interval. Accuracy in %. "
+            "The paired difference is taken per seed (same data, same initial parameters), "
+            "then averaged; the table's last column says where its interval lies against 0. "
+            "Rule for the claim, on MARS - uniform: where the original reports a gain for the "
+            "data set, **supported** if the interval lies above 0 and reaches that gain, "
+            "**partly supported** if above 0 but below the gain, **not supported** if below "
+            "the gain and not above 0, **inconclusive** if it contains both 0 and the gain; "
+            "elsewhere **supported** if above 0, **not supported** if below 0, "
+            "**inconclusive** otherwise.",
+            "",
+        ]
+        datasets = self.runs.get("accuracy", {})
+        if not datasets:
+            self.lines += ["No accuracy results yet.", ""]
+        for dataset, cells in sorted(datasets.items()):
+            cell = cells.get("main", {})
+            if not cell:
+                continue
+            self.lines += [f"### {_dataset_title(dataset, cell)}: {_seeds(len(cell))}", ""]
+            data = next(iter(cell.values()))["data"]
+            self.lines += [
+                f"{data.get('num_base_pairs', '?')} base pairs, "
+                f"{data.get('num_heldout_pairs', '?')} held-out pairs, "
+                f"{data.get('num_pool_pairs', '?')} pool pairs.",
+                "",
+            ]
+            original = ORIGINAL.get(dataset)
+            rows = []
+            for method in _methods(cell):
+                reported = "-"
+                if original and method in ("uniform", "mars"):
+                    reported = f"{100 * original[1 if method == 'uniform' else 2]:.1f}"
+                rows.append(
+                    [
+                        method,
+                        str(len(_values(cell, method, "accuracy"))),
+                        fmt(t_interval(_values(cell, method, "accuracy")), 100),
+                        fmt(t_interval(_values(cell, method, "auc")), 1, 4),
+                        fmt(t_interval(_values(cell, method, "snr")), 1, 3),
+                        fmt(t_interval(_values(cell, method, "ece")), 1, 4),
+                        reported,
+                    ]
+                )
+            self.lines += _table(
+                ["method", "seeds", "accuracy %", "ROC-AUC", "SNR", "ECE", "original's accuracy %"],
+                rows,
+            )
+            self.lines.append("")
+            if original:
+                self.lines += [
+                    f"Original's numbers: {original[0]} (method.md section 5). Its data, model "
+                    "and budget differ from ours, so compare the gains (MARS - uniform), not "
+                    "the levels.",
+                    "",
+                ]
+            rows = []
+            for method in _methods(cell):
+                if method == "uniform":
+                    continue
+                diff = paired(cell, cell, method, "uniform")
+                if not diff:
+                    continue
+                stat = t_interval(diff)
+                ahead, tied = sum(d > 0 for d in diff), sum(d == 0 for d in diff)
+                rows.append(
+                    [
+                        f"{method} - uniform",
+                        fmt(stat, 100),
+                        f"{ahead} / {tied} / {len(diff) - ahead - tied}",
+                        side(*stat[1:]),
+                    ]
+                )
+            self.lines += _table(
+                [
+                    "paired difference",
+                    "accuracy points",
+                    "seeds ahead / tied / behind",
+                    "interval vs 0",
+                ],
+                rows,
+                "lrrl",
+            )
+            self.lines.append("")
+            diff = paired(cell, cell, "mars", "uniform")
+            if diff:
+                stat = t_interval(diff)
+                claimed = original[2] - original[1] if original else None
+                text = (
+                    f"MARS - uniform on `{dataset}`: {fmt(stat, 100)} accuracy points over "
+                    f"{_seeds(len(diff))}: {claim_verdict(*stat[1:], 0.0, claimed)}."
+                )
+                if all(d == 0 for d in diff):
+                    text += " MARS and uniform gave identical accuracy in every seed."
+                largest = _largest_budget(cell, "mars")
+                if largest is not None:
+                    refine = next(iter(cell.values()))["config"]["refine"]
+                    base = next(iter(cell.values()))["config"]["data"]["num_base_pairs"]
+                    text += (
+                        f" MARS (temperature {refine['temperature']}) gave at most {largest} "
+                        "synthetic pairs to one base pair in the last round (an even split: "
+                        f"B/N = {refine['budget'] / base:g})."
+                    )
+                if claimed is not None:
+                    where = _where(100 * claimed, stat, 100)
+                    text += (
+                        f" The original's gain (+{100 * claimed:.1f} points) is {where} our "
+                        "interval."
+                    )
+                self.claims.append(("MARS beats uniform augmentation", dataset, text))
+                self.lines += [text, ""]
+            self.lines += _allocation_note(cell)
+            self._accuracy_plot(dataset, cell)
+        self.lines += [f"Not run here (no data set): {ORIGINAL_NOT_RUN}.", ""]
+
+    def _accuracy_plot(self, dataset: str, cell: dict[int, dict[str, Any]]) -> None:
+        methods = _methods(cell)
+        fig = _new_figure(6.5, 3.5)
+        ax = fig.add_subplot()
+        clean = [t_interval(_values(cell, m, "accuracy")) for m in methods]
+        _errorbar(ax, np.arange(len(methods)) - 0.1, clean, fmt="o", label="clean labels")
+        noisy = self.runs.get("label_noise", {}).get(dataset, {})
+        noisy_cell = next(iter(noisy.values()), {})
+        if noisy_cell:
+            stat = [t_interval(_values(noisy_cell, m, "accuracy") or [math.nan]) for m in methods]
+            _errorbar(ax, np.arange(len(methods)) + 0.1, stat, fmt="s", label="10% labels flipped")
+        ax.set_xticks(np.arange(len(methods)), methods)
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title(f"{dataset}: mean and {LEVEL:.0%} t-interval over seeds")
+        ax.legend()
+        path = self.plots / f"accuracy-{dataset}.png"
+        _save(fig, path)
+        self.lines += [self.plot_link(path), ""]
+
+    def curvature(self) -> None:
+        self.lines += ["## 2. Curvature of the training loss", ""]
+        self.lines += [
+            "Top eigenvalue (power iteration) and trace (Hutchinson) of the Bradley-Terry loss "
+            "Hessian and Gauss-Newton matrix at the end of each round, on the base pairs "
+            "(`base`, the same for both methods) and on the round's own training set "
+            "(`train`). Ratio = MARS / uniform per seed at the last round, then its mean and "
+            f'{LEVEL:.0%} t-interval. Rule for the claim ("about 30% larger under MARS"), on '
+            "the Hessian's top-eigenvalue ratio on `train`: **supported** if its interval lies "
+            f"above 1 and reaches {CURVATURE_CLAIM}, **partly supported** if above 1 but below "
+            f"{CURVATURE_CLAIM}, **not supported** if below {CURVATURE_CLAIM} and not above 1, "
+            f"**inconclusive** if it contains both 1 and {CURVATURE_CLAIM}. The table's last "
+            "column says where the ratio's interval lies against 1.",
+            "",
+        ]
+        datasets = self.runs.get("curvature", {})
+        if not datasets:
+            self.lines += ["No curvature results yet.", ""]
+        for dataset, cells in sorted(datasets.items()):
+            cell = cells.get("curvature", {})
+            records = [r for _, r in sorted(cell.items()) if _has_curvature(r)]
+            if not records:
+                continue
+            self.lines += [f"### {_dataset_title(dataset, cell)}: {_seeds(len(records))}", ""]
+            rows = []
+            for subset in ("base", "train", "lowest_margin"):
+                for operator in ("hessian", "ggn"):
+                    for quantity in ("top_eigenvalue", "trace"):
+                        ratios, mars_v, uni_v = [], [], []
+                        for r in records:
+                            m = _final_curvature(r, "mars", subset, operator, quantity)
+                            u = _final_curvature(r, "uniform", subset, operator, quantity)
+                            if m is None or u is None:
+                                continue
+                            mars_v.append(m)
+                            uni_v.append(u)
+                            ratios.append(m / u)
+                        if not ratios:
+                            continue
+                        stat = t_interval(ratios)
+                        rows.append(
+                            [
+                                subset,
+                                operator,
+                                quantity.replace("_", " "),
+                                fmt(t_interval(uni_v), 1, 4),
+                                fmt(t_interval(mars_v), 1, 4),
+                                fmt(stat, 1, 3),
+                                side(*stat[1:], null=1.0),
+                            ]
+                        )
+                        if (subset, operator, quantity) == ("train", "hessian", "top_eigenvalue"):
+                            where = _where(CURVATURE_CLAIM, stat, 1)
+                            text = (
+                                f"Hessian top eigenvalue on the training set, MARS / uniform at "
+                                f"the last round on `{dataset}`: {fmt(stat, 1, 3)} over "
+                                f"{_seeds(len(ratios))}: "
+                                f"{claim_verdict(*stat[1:], 1.0, CURVATURE_CLAIM)}. The "
+                                f"original's ratio (~{CURVATURE_CLAIM}) is {where} our interval."
+                            )
+                            self.claims.append(("MARS raises the loss curvature", dataset, text))
+            self.lines += _table(
+                [
+                    "subset",
+                    "operator",
+                    "quantity",
+                    "uniform",
+                    "MARS",
+                    "MARS / uniform",
+                    "interval vs 1",
+                ],
+                rows,
+                "lllrrrl",
+            )
+            self.lines.append("")
+            self.lines += [t for c, d, t in self.claims if c.endswith("curvature") and d == dataset]
+            self.lines.append("")
+            self._curvature_plot(dataset, records)
+
+    def _curvature_plot(self, dataset: str, records: list[dict[str, Any]]) -> None:
+        fig = _new_figure(9, 6)
+        axes = fig.subplots(2, 2, squeeze=False)
+        for i, operator in enumerate(("hessian", "ggn")):
+            for j, quantity in enumerate(("top_eigenvalue", "trace")):
+                ax = axes[i][j]
+                for shift, method in ((-0.05, "uniform"), (0.05, "mars")):
+                    series = [
+                        [
+                            round_["train"][operator][quantity]
+                            for round_ in r["methods"][method].get("curvature_per_round", [])
+                            if operator in round_.get("train", {})
+                        ]
+                        for r in records
+                    ]
+                    series = [s for s in series if s]
+                    if not series:
+                        continue
+                    length = min(len(s) for s in series)
+                    stat = [t_interval([s[k] for s in series]) for k in range(length)]
+                    rounds = np.arange(1, length + 1) + shift
+                    _errorbar(ax, rounds, stat, marker="o", label=method)
+                ax.set_title(f"{operator}: {quantity.replace('_', ' ')} (train set)")
+                ax.set_xlabel("round")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                if ax.has_data():
+                    ax.legend()
+        path = self.plots / f"curvature-{dataset}.png"
+        _save(fig, path)
+        self.lines += [self.plot_link(path), ""]
+
+    def sample_efficiency(self) -> None:
+        self.lines += ["## 3. Sample efficiency: accuracy against the synthetic budget", ""]
+        self.lines += [
+            "Uniform and MARS with F% of the synthetic budget B per round. The smallest F at "
+            "which MARS's mean accuracy reaches uniform's mean at 100% is reported, with the "
+            'paired difference MARS(F) - uniform(100%). Rule for the claim ("MARS matches '
+            f'uniform with {BUDGET_CLAIM}% of the budget"), on that difference at '
+            f"{BUDGET_CLAIM}%: **supported** if its interval lies above 0, or contains 0 "
+            "while MARS's mean reaches uniform's; **not supported** if its interval lies "
+            "below 0; **inconclusive** otherwise, or whenever uniform's own gain from the "
+            "smallest budget to 100% (paired) has an interval that does not lie above 0.",
+            "",
+        ]
+        datasets = self.runs.get("sample_efficiency", {})
+        if not datasets:
+            self.lines += ["No sample-efficiency results yet.", ""]
+        for dataset, cells in sorted(datasets.items()):
+            by_percent = {
+                int(name.split("-")[1]): cell
+                for name, cell in cells.items()
+                if name.startswith("budget-")
+            }
+            if 100 not in by_percent:
+                continue
+            full = by_percent[100]
+            target = t_interval(_values(full, "uniform", "accuracy"))[0]
+            self.lines += [f"### {_dataset_title(dataset, full)}", ""]
+            rows, reached, stats_at = [], None, {}
+            for percent in sorted(by_percent):
+                cell = by_percent[percent]
+                mars = t_interval(_values(cell, "mars", "accuracy"))
+                diff = t_interval(paired(cell, full, "mars", "uniform") or [math.nan])
+                stats_at[percent] = (mars, diff)
+                if reached is None and mars[0] >= target:
+                    reached = percent
+                rows.append(
+                    [
+                        f"{percent}%",
+                        str(len(cell)),
+                        fmt(t_interval(_values(cell, "uniform", "accuracy")), 100),
+                        fmt(mars, 100),
+                        fmt(diff, 100),
+                    ]
+                )
+            self.lines += _table(
+                ["budget", "seeds", "uniform %", "MARS %", "MARS(F) - uniform(100%), points"],
+                rows,
+            )
+            self.lines.append("")
+            tried = ", ".join(f"{p}%" for p in sorted(by_percent))
+            text = (
+                f"On `{dataset}`, MARS's mean accuracy "
+                + (
+                    f"first reaches uniform's full-budget mean ({100 * target:.2f}%) at "
+                    f"{reached}% of the budget"
+                    if reached is not None
+                    else f"never reaches uniform's full-budget mean ({100 * target:.2f}%) at "
+                    f"the budgets tried ({tried})"
+                )
+                + f"; the original claims {BUDGET_CLAIM}%."
+            )
+            smallest = min(by_percent)
+            growth = t_interval(paired(full, by_percent[smallest], "uniform", "uniform") or [0.0])
+            text += (
+                f" Uniform's own gain from {smallest}% to 100% of the budget: "
+                f"{fmt(growth, 100)} points."
+            )
+            if BUDGET_CLAIM in stats_at:
+                mars, diff = stats_at[BUDGET_CLAIM]
+                rule = verdict(diff[1], diff[2])
+                if rule == "inconclusive" and mars[0] >= target:
+                    rule = "supported (reached in the mean; the interval contains 0)"
+                if not growth[1] > 0:
+                    rule = (
+                        "inconclusive (uniform's accuracy is not shown to grow with the "
+                        "budget here, so matching it with less budget says nothing)"
+                    )
+                text += (
+                    f" At {BUDGET_CLAIM}%: MARS - uniform(100%) = {fmt(diff, 100)} points: {rule}."
+                )
+            self.claims.append((f"MARS needs only {BUDGET_CLAIM}% of the budget", dataset, text))
+            self.lines += [text, ""]
+            self._budget_plot(dataset, by_percent, target)
+
+    def _budget_plot(self, dataset: str, by_percent: dict[int, Any], target: float) -> None:
+        fig = _new_figure(6, 3.5)
+        ax = fig.add_subplot()
+        percents = sorted(by_percent)
+        for method in ("uniform", "mars"):
+            stat = [t_interval(_values(by_percent[p], method, "accuracy")) for p in percents]
+            _errorbar(ax, percents, stat, marker="o", label=method)
+        ax.axhline(target, color="gray", linestyle="--", label="uniform at 100% (mean)")
+        ax.set_xlabel("synthetic budget (% of B)")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title(dataset)
+        ax.legend()
+        path = self.plots / f"budget-{dataset}.png"
+        _save(fig, path)
+        self.lines += [self.plot_link(path), ""]
+
+    def label_noise(self) -> None:
+        self.lines += ["## 4. Label noise: 10% of base labels flipped", ""]
+        self.lines += [
+            "Drop = clean accuracy - noisy accuracy, per seed (same training seed, same data "
+            'seed), in points. Rule for the claim ("MARS degrades far less than the '
+            "baseline\"): **supported** if the interval of uniform's drop - MARS's drop lies "
+            "above 0, **not supported** if below 0, **inconclusive** otherwise.",
+            "",
+        ]
+        datasets = self.runs.get("label_noise", {})
+        if not datasets:
+            self.lines += ["No label-noise results yet.", ""]
+        for dataset, cells in sorted(datasets.items()):
+            clean = self.runs.get("accuracy", {}).get(dataset, {}).get("main", {})
+            for name, noisy in sorted(cells.items()):
+                if not clean:
+                    continue
+                self.lines += [f"### {_dataset_title(dataset, noisy)}: `{name}`", ""]
+                rows = []
+                for method in _methods(noisy):
+                    drop = paired(clean, noisy, method, method)
+                    rows.append(
+                        [
+                            method,
+                            str(len(drop)),
+                            fmt(t_interval(_values(clean, method, "accuracy")), 100),
+                            fmt(t_interval(_values(noisy, method, "accuracy")), 100),
+                            fmt(t_interval(drop or [math.nan]), 100),
+                        ]
+                    )
+                self.lines += _table(
+                    ["method", "paired seeds", "clean %", "noisy %", "drop, points"], rows
+                )
+                self.lines.append("")
+                drop_mars = paired(clean, noisy, "mars", "mars")
+                drop_uniform = paired(clean, noisy, "uniform", "uniform")
+                if drop_mars and len(drop_mars) == len(drop_uniform):
+                    diff = t_interval(np.subtract(drop_uniform, drop_mars))
+                    text = (
+                        f"Uniform's drop - MARS's drop on `{dataset}`: {fmt(diff, 100)} points "
+                        f"over {_seeds(len(drop_mars))}: {verdict(*diff[1:])}."
+                    )
+                    self.claims.append(("MARS is more robust to label noise", dataset, text))
+                    self.lines += [text, ""]
+
+    def finetune(self) -> None:
+        self.lines += ["## 5. Full fine-tune of the encoder", ""]
+        self.lines += [
+            "Not run: `run_experiment` trains reward heads on frozen encoder features, and "
+            "the experiment script has no end-to-end fine-tune cell yet.",
+            "",
+        ]
+        self.claims.append(("The text path works with a fine-tuned encoder", "-", "not run."))
+
+    def speed(self) -> None:
+        self.lines += ["## Speed benchmarks", ""]
+        self.lines += [
+            "The Summary table of `benchmarks/README.md`, parsed when this report was "
+            "generated (details and commands there).",
+            "",
+        ]
+        rows = speed_rows(BENCH_README.read_text(encoding="utf-8"))
+        self.lines += (
+            _table(["benchmark", "device", "target", "measured", "met?"], rows, "lllll")
+            if rows
+            else ["No Summary table found in benchmarks/README.md."]
+        )
+        self.lines.append("")
+
+    def environment(self) -> None:
+        self.lines += ["## Hardware and commands", ""]
+        platforms: dict[str, int] = defaultdict(int)
+        commands: dict[str, set[str]] = defaultdict(set)
+        seconds: dict[str, float] = defaultdict(float)
+        for experiment, datasets in sorted(self.runs.items()):
+            for cells in datasets.values():
+                for cell in cells.values():
+                    for r in cell.values():
+                        p = r["platform"]
+                        key = (
+                            f"{p.get('cpu', '?')} ({p.get('cpus', '?')} CPUs), backend "
+                            f"{p['backend']} ({p.get('device_kind', '?')}), jax {p['jax']}, "
+                            f"Python {p['python']}"
+                        )
+                        platforms[key] += 1
+                        commands[experiment].add(r["command"])
+                        seconds[experiment] += r["seconds"]
+        self.lines += _table(
+            ["machine", "runs"], [[k, str(v)] for k, v in sorted(platforms.items())], "lr"
+        )
+        self.lines += [
+            "",
+            "Run times below are wall-clock minutes on a machine shared with other jobs "
+            "(orientation only). Commands that produced the raw results (run from the "
+            "repository root):",
+            "",
+        ]
+        self.lines += ["```bash"]
+        for experiment in sorted(commands):
+            self.lines += [f"# {experiment}: {seconds[experiment] / 60:.1f} min of runs"]
+            self.lines += sorted(commands[experiment])
+        self.lines += ["python benchmarks/make_report.py   # this report and its plots", "```", ""]
+
+    def claims_section(self) -> list[str]:
+        lines = ["## Claims and verdicts", ""]
+        if not self.claims:
+            return [*lines, "No results yet.", ""]
+        for claim, dataset, text in self.claims:
+            lines.append(f"- **{claim}** (`{dataset}`): {text}")
+        return [*lines, ""]
+
+    def render(self) -> str:
+        self.accuracy()
+        self.curvature()
+        self.sample_efficiency()
+        self.label_noise()
+        self.finetune()
+        self.environment()
+        self.speed()
+        head = [
+            "# Experiments: the method's claims, tested",
+            "",
+            "Generated by `python benchmarks/make_report.py` from the raw per-seed JSON in "
+            "`benchmarks/results/` (written by `benchmarks/experiments.py`); do not edit by "
+            "hand. Every number below is computed from those files. Intervals are "
+            f"{LEVEL:.0%} Student-t intervals over training seeds (`train.seed`); the data "
+            "(`data.seed`) is fixed per data set.",
+            "",
+        ]
+        return "\n".join(head + self.claims_section() + self.lines).rstrip() + "\n"
+
+
+def _largest_budget(cell: dict[int, dict[str, Any]], method: str) -> int | None:
+    """The most synthetic pairs one base pair got from ``method`` in any seed's last round."""
+    rows = [r["methods"][method] for r in cell.values() if method in r["methods"]]
+    if not rows or any("budget_max_per_round" not in row for row in rows):
+        return None
+    return max(row["budget_max_per_round"][-1] for row in rows)
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def _allocation_note(cell: dict[int, dict[str, Any]]) -> list[str]:
+    """How far each method's last-round allocation is from spreading the budget evenly."""
+    parts = []
+    for method in _methods(cell):
+        largest = _largest_budget(cell, method)
+        if largest is None:
+            continue
+        rows = [r["methods"][method] for r in cell.values() if method in r["methods"]]
+        zero = np.mean([row["budget_zero_fraction_per_round"][-1] for row in rows])
+        if largest > 0:
+            parts.append(f"{method} at most {largest} per base pair, {100 * zero:.1f}% none")
+    if not parts:
+        return []
+    refine = next(iter(cell.values()))["config"]["refine"]
+    return [
+        f"Last-round allocation (B = {refine['budget']} synthetic pairs per round, MARS "
+        f"temperature {refine['temperature']}; synthetic pairs drawn per base pair, over all "
+        "seeds): " + "; ".join(parts) + ".",
+        "",
+    ]
+
+
+def _where(claimed: float, stat: tuple[float, float, float], scale: float) -> str:
+    lo, hi = stat[1] * scale, stat[2] * scale
+    if math.isnan(lo):
+        return "not comparable with"
+    if claimed > hi:
+        return "above"
+    if claimed < lo:
+        return "below"
+    return "inside"
+
+
+def _has_curvature(record: dict[str, Any]) -> bool:
+    methods = record["methods"]
+    return all(methods.get(m, {}).get("curvature_per_round") for m in ("mars", "uniform"))
+
+
+def _final_curvature(
+    record: dict[str, Any], method: str, subset: str, operator: str, quantity: str
+) -> float | None:
+    last = record["methods"][method]["curvature_per_round"][-1]
+    return last.get(subset, {}).get(operator, {}).get(quantity)
+
+
+def speed_rows(readme: str) -> list[list[str]]:
+    """Rows (benchmark, device, target, measured, met?) of a benchmarks README's Summary table.
+
+    A row's device is its own ``device`` column if the table has one, else the machine
+    described by the README's "Machine and date" table (CPU model, count and JAX backend).
+    """
+    machine = _machine(readme)
+    summary = re.search(r"^## Summary\s*$(.*?)(?=^## )", readme, re.M | re.S)
+    if summary is None:
+        return []
+    table = [line for line in summary.group(1).splitlines() if line.startswith("|")]
+    if len(table) < 3:
+        return []
+    header = [c.strip().lower() for c in _cells(table[0])]
+    rows = []
+    for line in table[2:]:
+        row = dict(zip(header, _cells(line), strict=False))
+        rows.append(
+            [
+                row.get("benchmark", ""),
+                row.get("device", machine),
+                row.get("target", ""),
+                row.get("measured", ""),
+                row.get("met?", ""),
+            ]
+        )
+    return rows
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _machine(readme: str) -> str:
+    found: dict[str, str] = {}
+    for line in readme.splitlines():
+        cells = _cells(line) if line.startswith("|") else []
+        if len(cells) == 2:
+            found[cells[0].split(" (")[0].lower()] = cells[1]
+    cpu, cpus, backend = found.get("cpu"), found.get("cpus"), found.get("backend")
+    if not cpu:
+        return "see benchmarks/README.md"
+    return f"{cpu}, {cpus} CPUs" + (f", {backend}" if backend else "")
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Write the report; returns its path."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        print(f"error: --results: no such folder: {args.results}", file=sys.stderr)
+        raise SystemExit(2)
+    report = Report(load_runs(args.results), args.results, args.out)
+    text = report.render()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""``mars-jax augment``: build the paraphrase pool of a run's base pairs, or of whole files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mars_jax.augment import generator as generators
+from mars_jax.augment.builder import AugmentSettings, BuildReport, build_pool, file_digests
+from mars_jax.augment.paraphrase import ParaphraseSettings
+from mars_jax.augment.pool import is_pool_dir
+from mars_jax.config import Config, ConfigError
+from mars_jax.data.formats import read_pairs
+from mars_jax.data.table import clean_pairs
+from mars_jax.data.text import select_base_pairs
+from mars_jax.errors import MarsError
+
+__all__ = ["augment_settings", "run_augment"]
+
+
+def augment_settings(config: Config) -> AugmentSettings:
+    """The pool-build settings of ``config.augment``."""
+    augment = config.augment
+    return AugmentSettings(
+        prompt_paraphrases=augment.prompt_paraphrases,
+        chosen_paraphrases=augment.chosen_paraphrases,
+        rejected_paraphrases=augment.rejected_paraphrases,
+        seed=augment.seed,
+        chunk_size=augment.chunk_size,
+        semantic=augment.semantic,
+        paraphrase=ParaphraseSettings(
+            max_new_tokens=augment.max_new_tokens,
+            temperature=augment.temperature,
+            top_p=augment.top_p,
+            min_length_ratio=augment.min_length_ratio,
+            max_length_ratio=augment.max_length_ratio,
+            max_retries=augment.max_retries,
+            max_source_tokens=augment.max_source_tokens,
+        ),
+    )
+
+
+def _prompt_limit(settings: AugmentSettings) -> dict[str, int]:
+    """``max_prompt_tokens`` that fits a request with cut sources (the generator's default
+    when sources are not cut): the sources' estimated tokens (three texts in a semantic
+    request) plus the instructions, with a quarter of slack for the estimate, at least 512."""
+    limit = settings.paraphrase.max_source_tokens
+    if not limit:
+        return {}
+    texts = 3 if settings.semantic else 1
+    return {"max_prompt_tokens": max(512, int(1.25 * (texts * limit + 96)))}
+
+
+def _embedder(config: Config):
+    """``embed(texts) -> [N, D]``: the run's frozen encoder, through the embedding cache."""
+    from mars_jax.models.embeddings import EmbeddingCache, TextEncoder, embed_with_cache
+    from mars_jax.models.pretrained import resolve_encoder
+
+    data = config.data
+    encoder = TextEncoder(
+        resolve_encoder(data.encoder), pooling=data.pooling, max_length=data.max_length
+    )
+    cache = EmbeddingCache(Path(data.cache_dir).expanduser())
+
+    def embed(texts: Sequence[str]):
+        vectors, _ = embed_with_cache(
+            encoder, list(texts), cache, batch_size=data.embed_batch_size, progress=False
+        )
+        return vectors
+
+    return embed
+
+
+def run_augment(
+    config: Config,
+    out: Path,
+    *,
+    pairs_files: Sequence[str] = (),
+    force: bool = False,
+    progress: bool = True,
+) -> BuildReport:
+    """Build or resume the pool in ``out`` for the base pairs ``mars-jax run config`` uses.
+
+    With ``pairs_files``, every (cleaned) pair of those files is augmented instead.
+
+    Raises:
+      MarsError: bad files, an ``out`` that is neither new, empty nor a pool, or a pool
+        built with other settings (without ``force``).
+    """
+    data = config.data
+    if out.exists() and not out.is_dir():
+        raise MarsError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not is_pool_dir(out):
+        raise MarsError(f"--out {out}: directory is not empty and not a pool")
+    if pairs_files:
+        read = read_pairs(
+            [Path(p) for p in pairs_files], format=data.format, skip_invalid=data.skip_invalid
+        )
+        table, _ = clean_pairs(read.table)
+        sources = list(pairs_files)
+        selection = {"mode": "all pairs", "format": data.format}
+    else:
+        if data.suite != "pairs":
+            raise ConfigError(
+                "data.suite: 'mars-jax augment' needs preference files: set data.suite = "
+                "'pairs' and data.paths, or give --pairs FILE"
+            )
+        table = select_base_pairs(config).base
+        sources = list(data.paths)
+        selection = {
+            "mode": "run base pairs",
+            "format": data.format,
+            "skip_invalid": data.skip_invalid,
+            "heldout_fraction": data.heldout_fraction,
+            "seed": data.seed,
+            "num_base_pairs": data.num_base_pairs,
+            "num_heldout_pairs": data.num_heldout_pairs,
+        }
+    settings = augment_settings(config)
+    embed = _embedder(config) if settings.semantic else None
+    generator = generators.load_text_generator(
+        config.augment.generator,
+        dtype=config.augment.dtype,
+        batch_size=config.augment.batch_size,
+        **_prompt_limit(settings),
+    )
+    return build_pool(
+        table,
+        generator,
+        out,
+        settings,
+        sources=file_digests(sources),
+        selection=selection,
+        embed=embed,
+        force=force,
+        progress=progress,
+    )

@@ -1,0 +1,288 @@
+"""Checkpoints of the round loop, for an exact resume of an interrupted run.
+
+After every round the runner saves, with an Orbax ``CheckpointManager`` under
+``RUN_DIR/checkpoints/STEP`` (``STEP``: rounds completed in the run, all methods together):
+
+- ``state``: the :class:`~mars_jax.refine.RoundState` of the method being run as a pytree
+  (member-stacked train state with the optimizer state, the PRNG key data, the current
+  synthetic rows, the base margins ``[M, N]`` and the margin history ``[R, N]``);
+- ``meta`` (JSON): the method and its index, the round index and budget spent, the stop
+  reasons of the methods already finished, the size of ``metrics.jsonl`` at that point, and
+  the run's fingerprint (library version, the config without its ``output`` section, and a
+  hash of the built data arrays).
+
+Resuming restores the state into the abstract tree of a freshly built one (shapes and dtypes
+checked), so the rounds that follow compute what an uninterrupted run computes. Checkpoints
+are per round: a run killed inside a round redoes that round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mars_jax import __version__
+from mars_jax.checkpoint import tree_shapes
+from mars_jax.config import Config, config_to_dict
+from mars_jax.errors import MarsError
+from mars_jax.refine import RefineData, RoundState
+from mars_jax.train import TrainState
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "Checkpoint",
+    "RunCheckpoints",
+    "check_fingerprint",
+    "check_methods",
+    "data_hash",
+    "run_fingerprint",
+]
+
+CHECKPOINT_DIR = "checkpoints"
+_MAX_TO_KEEP = 2
+
+
+def data_hash(data: RefineData) -> str:
+    """The first 16 hex digits of a sha256 over every array of ``data`` (shape, dtype, bytes)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(data):
+        array = np.asarray(leaf)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def run_fingerprint(config: Config, data: RefineData) -> dict[str, Any]:
+    """What a checkpoint must share with a run that resumes from it.
+
+    The ``output`` section (progress bars, plots, the parent folder) is left out: it does not
+    change any result.
+    """
+    resolved = config_to_dict(config)
+    del resolved["output"]
+    return {"version": __version__, "config": resolved, "data_hash": data_hash(data)}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a saved run stands (the ``meta`` of one checkpoint).
+
+    Attributes:
+      step: rounds completed in the run, all methods together.
+      method_index: position of ``method`` in ``refine.methods``.
+      method: the method whose state is saved.
+      round_index: rounds of ``method`` completed.
+      budget_spent: synthetic pairs drawn by ``method`` so far.
+      num_synthetic_rows: length of the saved synthetic set.
+      finished: stop reason (or None) of each method before ``method``.
+      metrics_size: bytes of ``metrics.jsonl`` written up to this checkpoint.
+      metrics_lines: records in those bytes.
+      fingerprint: see :func:`run_fingerprint`.
+      shapes: shape of every array of the saved state, by path (checked before restoring).
+    """
+
+    step: int
+    method_index: int
+    method: str
+    round_index: int
+    budget_spent: int
+    num_synthetic_rows: int
+    finished: dict[str, str | None]
+    metrics_size: int
+    metrics_lines: int
+    fingerprint: dict[str, Any]
+    shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the checkpoint's ``meta``)."""
+        return dict(self.__dict__)
+
+
+class RunCheckpoints:
+    """The checkpoints of one run directory (``RUN_DIR/checkpoints``)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.directory = Path(run_dir).absolute() / CHECKPOINT_DIR
+        self._managers: dict[bool, ocp.CheckpointManager] = {}
+
+    def _open(self, *, write: bool = False) -> ocp.CheckpointManager:
+        """A manager for reading (creates and deletes nothing), or one that saves and prunes.
+
+        (Orbax's ``read_only`` option is not used: it logs warnings on stderr.)
+        """
+        if write not in self._managers:
+            self._managers[write] = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=_MAX_TO_KEEP,
+                    enable_async_checkpointing=False,
+                    create=write,
+                    cleanup_tmp_directories=write,  # what a kill left of a save
+                ),
+            )
+        return self._managers[write]
+
+    def latest(self) -> Checkpoint | None:
+        """The newest complete checkpoint's meta, or None if there is none."""
+        if not self.directory.is_dir():
+            return None
+        manager = self._open()
+        step = manager.latest_step()
+        if step is None:
+            return None
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            return Checkpoint(**restored["meta"])
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            where = self.directory / str(step)
+            raise MarsError(f"{where}: unreadable checkpoint ({error})") from None
+
+    def check(self, checkpoint: Checkpoint, fingerprint: dict[str, Any], *, force: bool) -> None:
+        """Refuse to resume from a checkpoint of another config, data or version.
+
+        Raises:
+          MarsError: naming the first difference, unless ``force``.
+        """
+        if not force:
+            source = str(self.directory / str(checkpoint.step))
+            check_fingerprint(checkpoint.fingerprint, fingerprint, source=source)
+
+    def restore_state(
+        self, checkpoint: Checkpoint, like_train: TrainState, num_base_pairs: int
+    ) -> RoundState:
+        """The saved round state, restored into the structure of ``like_train``.
+
+        Args:
+          checkpoint: from :meth:`latest`.
+          like_train: abstract member-stacked train state (e.g. from ``jax.eval_shape``).
+          num_base_pairs: ``N``, the number of base pairs.
+        """
+        num_members = jax.tree.leaves(like_train)[0].shape[0]
+        abstract = {
+            "train": like_train,
+            "key": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
+            "base_margins": jax.ShapeDtypeStruct((num_members, num_base_pairs), jnp.float32),
+            "margin_history": jax.ShapeDtypeStruct(
+                (checkpoint.round_index, num_base_pairs), jnp.float32
+            ),
+        }
+        if checkpoint.num_synthetic_rows:
+            abstract["synthetic_rows"] = jax.ShapeDtypeStruct(
+                (checkpoint.num_synthetic_rows,), jnp.int32
+            )
+        path = self.directory / str(checkpoint.step)
+        expected = {name: list(shape) for name, shape in tree_shapes(abstract).items()}
+        if expected != checkpoint.shapes:  # checked here: a failed Orbax restore is noisy
+            differing = sorted(set(expected) ^ set(checkpoint.shapes)) or sorted(
+                name for name in expected if expected[name] != checkpoint.shapes[name]
+            )
+            name = differing[0]
+            raise MarsError(
+                f"{path}: does not match this run's model and data (first difference at "
+                f"{name}: saved {checkpoint.shapes.get(name)}, expected {expected.get(name)})"
+            )
+        try:
+            tree = self._open().restore(
+                checkpoint.step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)),
+            )["state"]
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise MarsError(
+                f"{path}: cannot restore the round state into this run's model ({message})"
+            ) from None
+        history = np.asarray(tree["margin_history"])
+        return RoundState(
+            train=jax.tree.map(jnp.asarray, tree["train"]),
+            round_index=checkpoint.round_index,
+            key=jax.random.wrap_key_data(jnp.asarray(tree["key"])),
+            budget_spent=checkpoint.budget_spent,
+            synthetic_rows=jnp.asarray(tree.get("synthetic_rows", np.zeros(0, np.int32))),
+            base_margins=jnp.asarray(tree["base_margins"]),
+            margin_history=tuple(history),
+        )
+
+    def save(self, checkpoint: Checkpoint, state: RoundState) -> None:
+        """Save ``state`` with ``checkpoint`` as its meta, and wait until it is on disk.
+
+        Orbax writes into a temporary folder and renames it when complete, so a kill during
+        the save leaves the previous checkpoint as the latest.
+        """
+        tree = {
+            "train": state.train,
+            "key": jax.random.key_data(state.key),
+            "base_margins": state.base_margins,
+            "margin_history": np.stack(state.margin_history),
+        }
+        if state.synthetic_rows.size:
+            tree["synthetic_rows"] = state.synthetic_rows
+        shapes = {name: list(shape) for name, shape in tree_shapes(tree).items()}
+        meta = dataclasses.replace(checkpoint, shapes=shapes).to_json()
+        manager = self._open(write=True)
+        manager.save(
+            checkpoint.step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Release the manager's resources."""
+        for manager in self._managers.values():
+            manager.close()
+        self._managers.clear()
+
+
+def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], *, source: str) -> None:
+    """Raise a MarsError naming the first difference between two run fingerprints.
+
+    Args:
+      saved: the fingerprint recorded in ``source`` (a checkpoint or a config file).
+      current: :func:`run_fingerprint` of the run that wants to resume.
+    """
+    where = f"{source}: saved by a run of a different"
+    advice = "; use --force to resume anyway, or choose a new --out"
+    if saved.get("version") != current["version"]:
+        raise MarsError(
+            f"{where} mars_jax version ({saved.get('version')}, this is "
+            f"{current['version']}){advice}"
+        )
+    difference = _first_difference(saved.get("config", {}), current["config"])
+    if difference:
+        raise MarsError(f"{where} config ({difference}){advice}")
+    if saved.get("data_hash") != current["data_hash"]:
+        raise MarsError(
+            f"{where} data set (hash {saved.get('data_hash')}, the data built now hashes to "
+            f"{current['data_hash']}){advice}"
+        )
+
+
+def check_methods(checkpoint: Checkpoint, methods: tuple[str, ...]) -> None:
+    """Even with --force, the methods run before the checkpoint must come first, in order."""
+    expected = [*checkpoint.finished, checkpoint.method]
+    if list(methods[: len(expected)]) != expected:
+        raise MarsError(
+            f"refine.methods: the checkpoint was taken running {checkpoint.method!r} after "
+            f"{list(checkpoint.finished) or 'no other method'}; a resumed run must list "
+            f"{expected} first, got {list(methods)}"
+        )
+
+
+def _first_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """``section.key: A in the run, B now`` for the first differing key, or None."""
+    for section in sorted(set(saved) | set(current)):
+        old, new = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return f"{section}.{key}: {old.get(key)!r} in the run, {new.get(key)!r} now"
+    return None

@@ -1,0 +1,104 @@
+"""Deterministic stand-ins for the language model in the augmentation tests (not a test file).
+
+Also run as a script by the kill-and-resume test: ``python augment_fakes.py OUT NUM_PAIRS``
+builds a pool with a slow fake generator, so that the test can SIGKILL it mid-way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mars_jax.augment.builder import AugmentSettings
+from mars_jax.augment.paraphrase import ParaphraseSettings
+from mars_jax.data.table import PairTable
+
+
+class GeneratorStopped(RuntimeError):
+    """Raised by a fake generator after its allowed number of calls."""
+
+
+class FakeGenerator:
+    """Reverses the source's words and appends a tag drawn from (source, seed).
+
+    With ``bad=True`` about one reply in four is unusable: empty, the source itself, or
+    three times too long; every reply starts with a "Here is the paraphrase:" line.
+    """
+
+    def __init__(self, *, bad: bool = False, fail_after: int | None = None, delay: float = 0):
+        self.bad = bad
+        self.fail_after = fail_after
+        self.delay = delay
+        self.calls = 0
+        self.requests: list[tuple[str, int, int]] = []
+
+    @property
+    def identity(self) -> dict:
+        return {"name": "fake", "bad": self.bad}
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        system_prompt: str | None = None,
+    ) -> list[str]:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise GeneratorStopped(f"stopped after {self.fail_after} calls")
+        time.sleep(self.delay)
+        replies = []
+        for prompt in prompts:
+            self.requests.append((prompt, seed, max_new_tokens))
+            source = prompt.split("\n\n", 1)[1]
+            draw = int(hashlib.sha256(f"{source}|{seed}".encode()).hexdigest()[:8], 16)
+            reply = " ".join(reversed(source.split())) + f" t{draw % 1000}"
+            if self.bad and draw % 12 == 0:
+                reply = ""
+            elif self.bad and draw % 12 == 1:
+                reply = source
+            elif self.bad and draw % 12 == 2:
+                reply = source * 3
+            replies.append(f"Here is the paraphrase:\n{reply}")
+        return replies
+
+
+def make_table(num_pairs: int, *, seed: int = 0, name: str = "pairs.jsonl") -> PairTable:
+    """``num_pairs`` distinct pairs over a tiny vocabulary, two per prompt."""
+    words = [f"w{i}" for i in range(90)]
+
+    def text(n: int, k: int) -> str:
+        return " ".join(words[(n * 7 + j * 13 + seed) % 90] for j in range(k))
+
+    return PairTable.from_columns(
+        prompt=[f"{text(i // 2, 6)} q{i // 2}" for i in range(num_pairs)],
+        chosen=[f"{text(i, 5)} good{i}" for i in range(num_pairs)],
+        rejected=[f"{text(i + 500, 5)} bad{i}" for i in range(num_pairs)],
+        group_key=[""] * num_pairs,
+        margin=[float("nan")] * num_pairs,
+        line=list(range(1, num_pairs + 1)),
+        source=name,
+    )
+
+
+SETTINGS = AugmentSettings(
+    prompt_paraphrases=3,
+    chosen_paraphrases=2,
+    rejected_paraphrases=2,
+    chunk_size=4,
+    paraphrase=ParaphraseSettings(max_retries=3),
+)
+
+
+if __name__ == "__main__":
+    from mars_jax.augment.builder import build_pool
+
+    out, num_pairs = Path(sys.argv[1]), int(sys.argv[2])
+    generator = FakeGenerator(bad=True, delay=0.02)
+    build_pool(make_table(num_pairs), generator, out, SETTINGS, sources=[], progress=False)

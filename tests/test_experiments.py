@@ -1,0 +1,215 @@
+"""The experiment grid script (smoke mode) and the report generated from its raw JSON."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import load_benchmark
+
+from mars_jax.errors import MarsError
+
+experiments = load_benchmark("experiments")
+make_report = load_benchmark("make_report")
+
+# Student-t 97.5% quantile with 1 degree of freedom (a Cauchy): tan(0.475 pi).
+T_975_DF1 = math.tan(0.475 * math.pi)
+
+
+def test_smoke_grid_writes_raw_json_resumes_and_feeds_the_report(tmp_path):
+    results = tmp_path / "results"
+    argv = ["--smoke", "--results", str(results), "--compile-cache", str(tmp_path / "xla")]
+
+    first = experiments.main(argv)
+
+    # 2 seeds x (accuracy + curvature + 4 budget fractions + label noise) cells.
+    assert len(first["ran"]) == 14 and first["skipped"] == []
+    main0 = json.loads((results / "accuracy/smoke/main-seed0.json").read_text())
+    assert set(main0["methods"]) == {
+        "none",
+        "uniform",
+        "west_of_n",
+        "mars",
+        "mars_signed",
+        "ensemble",
+    }
+    assert main0["config"]["train"]["seed"] == 0 and main0["config"]["refine"]["rounds"] == 2
+    for record in main0["methods"].values():
+        assert 0 <= record["accuracy"] <= 1 and 0 <= record["auc"] <= 1
+        assert len(record["accuracy_per_round"]) == 2
+        assert record["accuracy_per_round"][-1] == record["accuracy"]
+    curv = json.loads((results / "curvature/smoke/curvature-seed1.json").read_text())
+    assert set(curv["methods"]) == {"uniform", "mars"}
+    rounds = curv["methods"]["mars"]["curvature_per_round"]
+    assert len(rounds) == 2 and rounds[0]["train"]["hessian"]["trace"] is not None
+    budget = json.loads((results / "sample_efficiency/smoke/budget-30-seed0.json").read_text())
+    assert budget["config"]["refine"]["budget"] == 36  # 30% of configs/tiny.toml's 120
+    noisy = json.loads((results / "label_noise/smoke/noise-10-seed0.json").read_text())
+    assert noisy["config"]["data"]["label_flip_rate"] == 0.1
+
+    again = experiments.main(argv)
+    assert again["ran"] == [] and sorted(again["skipped"]) == sorted(first["ran"])
+
+    out = tmp_path / "REPORT.md"
+    make_report.main(["--results", str(results), "--out", str(out)])
+    text = out.read_text()
+
+    # Recompute MARS's accuracy row independently: mean and t-interval over the 2 seeds.
+    accs = [
+        json.loads((results / f"accuracy/smoke/main-seed{s}.json").read_text())["methods"]["mars"][
+            "accuracy"
+        ]
+        for s in (0, 1)
+    ]
+    half = T_975_DF1 * np.std(accs, ddof=1) / math.sqrt(2)
+    mean = 100 * np.mean(accs)
+    expected = f"| mars | 2 | {mean:.2f} [{mean - 100 * half:.2f}, {mean + 100 * half:.2f}] |"
+    assert expected in text
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## Speed benchmarks"):
+        assert heading in text
+    for plot in ("accuracy-smoke", "curvature-smoke", "budget-smoke"):
+        assert (results / "plots" / f"{plot}.png").stat().st_size > 0
+        assert f"![{plot}](results/plots/{plot}.png)" in text
+    assert "python benchmarks/experiments.py --smoke --results" in text
+
+
+def _record(experiment, dataset, cell, seed, accuracies, curvature=None, flip=0.0):
+    methods = {}
+    for method, accuracy in accuracies.items():
+        methods[method] = {
+            "accuracy": accuracy,
+            "auc": accuracy,
+            "snr": 1.0,
+            "ece": 0.1,
+            "accuracy_per_round": [accuracy],
+        }
+        if curvature is not None:
+            top = curvature[method]
+            entry = {"hessian": {"top_eigenvalue": top, "trace": 10 * top}}
+            methods[method]["curvature_per_round"] = [{"train": entry, "base": entry}]
+    return {
+        "experiment": experiment,
+        "dataset": dataset,
+        "cell": cell,
+        "seed": seed,
+        "config": {"data": {"suite": "synthetic", "label_flip_rate": flip}},
+        "data": {"num_base_pairs": 1000, "num_heldout_pairs": 2000, "num_pool_pairs": 25000},
+        "methods": methods,
+        "seconds": 1.0,
+        "platform": {"backend": "cpu", "jax": "0", "python": "3"},
+        "command": f"python benchmarks/experiments.py --experiments {experiment}",
+    }
+
+
+def _write(results, record):
+    path = (
+        results
+        / record["experiment"]
+        / record["dataset"]
+        / f"{record['cell']}-seed{record['seed']}.json"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_report_verdicts_follow_the_stated_rules_on_known_numbers(tmp_path):
+    results = tmp_path / "results"
+    gains = [0.02, 0.03, 0.025]  # MARS - uniform per seed: interval above 0
+    for seed, gain in enumerate(gains):
+        uniform = 0.80 + 0.01 * seed
+        clean = {"uniform": uniform, "mars": uniform + gain}
+        _write(results, _record("accuracy", "synthetic", "main", seed, clean))
+        # Uniform drops 5 points, MARS 1 point (+ seed jitter): uniform's drop is larger.
+        noisy = {"uniform": uniform - 0.05, "mars": uniform + gain - 0.01 - 0.001 * seed}
+        _write(results, _record("label_noise", "synthetic", "noise-10", seed, noisy, flip=0.1))
+        # MARS's top eigenvalue is 0.8-0.9x uniform's: ratio interval below 1.
+        curvature = {"uniform": 2.0, "mars": 2.0 * (0.8 + 0.05 * seed)}
+        cell = copy.deepcopy(clean)
+        _write(results, _record("curvature", "synthetic", "curvature", seed, cell, curvature))
+        for percent, mars in ((10, uniform - 0.02), (30, uniform + 0.001 * seed), (100, 0.9)):
+            _write(
+                results,
+                _record(
+                    "sample_efficiency",
+                    "synthetic",
+                    f"budget-{percent}",
+                    seed,
+                    {"uniform": uniform, "mars": mars},
+                ),
+            )
+    out = tmp_path / "REPORT.md"
+    make_report.main(["--results", str(results), "--out", str(out)])
+    text = out.read_text()
+
+    diff = np.array(gains)
+    half = 100 * 4.302652729911275 * diff.std(ddof=1) / math.sqrt(3)  # t(0.975, df=2)
+    mean = 100 * diff.mean()
+    assert (
+        f"MARS - uniform on `synthetic`: {mean:.2f} [{mean - half:.2f}, {mean + half:.2f}] "
+        "accuracy points over 3 seeds: partly supported (the direction holds; the size is "
+        "below the claimed one)." in text
+    )
+    assert "The original's gain (+5.6 points) is above our interval." in text
+    assert "1000 base pairs, 2000 held-out pairs, 25000 pool pairs." in text
+    assert "| uniform | 3 | 81.00 [78.52, 83.48] |" in text
+    assert "| 80.4 |" in text and "| 86.0 |" in text
+    assert "| mars - uniform | 2.50 [1.26, 3.74] | 3 / 0 / 0 | above 0 |" in text
+    assert "over 3 seeds: not supported (the opposite holds). The original's ratio" in text
+    assert "first reaches uniform's full-budget mean (81.00%) at 30% of the budget" in text
+    # Uniform's accuracy is the same at every budget here, so the claim cannot be tested.
+    assert "from 10% to 100% of the budget: 0.00 [0.00, 0.00] points" in text
+    assert "inconclusive (uniform's accuracy is not shown to grow" in text
+    assert "Uniform's drop - MARS's drop on `synthetic`" in text
+    noise_claim = next(line for line in text.splitlines() if "Uniform's drop - MARS" in line)
+    assert noise_claim.endswith("supported.") and "not supported" not in noise_claim
+
+
+def test_speed_rows_take_the_device_column_or_the_machine_table():
+    readme = (
+        "## Machine and date\n\n| | |\n|---|---|\n| CPUs (`nproc`) | 2 |\n"
+        "| CPU (`/proc/cpuinfo` model name) | Xeon |\n| backend | cpu |\n\n"
+        "## Summary\n\n| benchmark | target | measured | met? |\n|---|---|---|---|\n"
+        "| `a.py` | x <= 1 | 0.5 | yes |\n\n## a.py\n\ntext\n"
+    )
+    expected = [["`a.py`", "Xeon, 2 CPUs, cpu", "x <= 1", "0.5", "yes"]]
+    assert make_report.speed_rows(readme) == expected
+    with_device = readme.replace("| benchmark | target |", "| benchmark | device | target |")
+    with_device = with_device.replace("|---|---|---|---|", "|---|---|---|---|---|")
+    with_device = with_device.replace("| `a.py` |", "| `a.py` | H100 |")
+    assert make_report.speed_rows(with_device)[0][1] == "H100"
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(MarsError, match="unknown data set 'nope'"):
+        experiments.main(["--datasets", "nope", "--results", str(tmp_path)])
+    assert experiments.cli(["--experiments", "speed", "--results", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: --experiments: unknown experiment 'speed'")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "expected"),
+    [
+        (0.01, 0.08, "supported"),  # above 0, reaches the claimed 0.05
+        (0.01, 0.03, "partly supported"),  # above 0, below 0.05
+        (-0.02, 0.03, "not supported (no effect detected"),  # contains 0, below 0.05
+        (-0.03, -0.01, "not supported (the opposite holds)"),
+        (-0.02, 0.07, "inconclusive"),  # contains 0 and 0.05
+    ],
+)
+def test_claim_verdict_cases(lo, hi, expected):
+    assert make_report.claim_verdict(lo, hi, 0.0, 0.05).startswith(expected)
+    assert make_report.verdict(0.01, 0.02) == "supported"
+    assert make_report.verdict(-0.01, 0.02) == "inconclusive"
+
+
+def test_a_bad_data_set_config_fails_before_any_run(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('extends = "missing.toml"\n')
+    results = tmp_path / "results"
+    with pytest.raises(MarsError, match=r"missing\.toml"):
+        experiments.main(["--datasets", f"smoke,{bad}", "--results", str(results)])
+    assert not results.exists()

@@ -1,0 +1,292 @@
+"""Exact resume after SIGKILL, the run-directory lock, the NaN guard and metrics.jsonl repair.
+
+Runs go through the real CLI in subprocesses (``python -m mars_jax.cli``) sharing a JAX
+persistent compilation cache, so only the first process pays for compilation. A resumed
+run must end bitwise equal to an uninterrupted one: the final parameters of every method
+and every metrics line apart from its timing fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mars_jax.checkpoint import load_params, read_model_info
+from mars_jax.errors import MarsError
+from mars_jax.metrics_log import MetricsLog, read_records
+from mars_jax.models.heads import init_members, mlp_reward_model
+from mars_jax.run_lock import LOCK_NAME, RunLock
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tiny.toml")
+METHODS = ("uniform", "mars")
+ARGS = [
+    TINY,
+    'refine.methods=["uniform", "mars"]',
+    "refine.rounds=3",
+    "refine.synthetic_set=cumulative",
+    "data.num_heldout_pairs=50",
+    "eval.num_bootstrap=0",
+    "output.plots=false",
+]
+TIMING_FIELDS = ("timings", "seconds")
+RUN_TIMEOUT = 120
+
+# Injects a NaN into the weights of step 3 of the third training call (round 2 of the first
+# method: calls are warm-up, round 1, round 2), then runs the CLI. No production hook needed.
+NAN_DRIVER = """
+import sys
+import numpy as np
+from mars_jax import refine
+from mars_jax.cli import main
+
+calls = []
+real = refine.Refiner._train_chunk
+
+def poisoned(self):
+    chunk = real.fget(self)
+    def run(train, pairs, rows, mask, active):
+        calls.append(1)
+        if len(calls) == 3:
+            mask = np.array(mask)
+            mask[2] = np.nan
+        return chunk(train, pairs, rows, mask, active)
+    return run
+
+refine.Refiner._train_chunk = property(poisoned)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax-cache")
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def _command(out: Path, *extra: str, driver: str | None = None) -> list[str]:
+    head = [sys.executable, "-c", driver] if driver else [sys.executable, "-m", "mars_jax.cli"]
+    return [*head, "run", *ARGS, "--out", str(out), "--quiet", *extra]
+
+
+def _run(env, out: Path, *extra: str, driver: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _command(out, *extra, driver=driver),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        cwd=out.parent,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = _run(env, out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
+def _params(run_dir: Path, method: str):
+    folder = run_dir / "models" / method
+    info = read_model_info(folder)
+    model = mlp_reward_model(8, [16])
+    like = jax.eval_shape(lambda: init_members(model, jax.random.key(0), info["num_members"]))
+    return info, load_params(folder, like)
+
+
+def assert_same_results(run_dir: Path, reference: Path) -> None:
+    """Bitwise equal params of every method, equal metrics apart from timings."""
+    assert _metrics(run_dir) == _metrics(reference)
+    assert len(_metrics(run_dir)) == len(METHODS) * 3
+    for method in METHODS:
+        info, params = _params(run_dir, method)
+        ref_info, ref_params = _params(reference, method)
+        assert info == ref_info
+        for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+            assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ref_summary = json.loads((reference / "summary.json").read_text())
+    for method in METHODS:
+        for key in ("rounds_run", "stop_reason", "budget_spent", "final", "accuracy_per_round"):
+            assert summary["methods"][method][key] == ref_summary["methods"][method][key]
+    assert not (run_dir / LOCK_NAME).exists()
+
+
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+@pytest.mark.parametrize(
+    ("step", "delay"),
+    [(1, 0.0), (2, 0.05), (4, 0.0)],
+    ids=["round-2-of-first-method", "inside-a-round", "second-method"],
+)
+def test_sigkill_then_resume_ends_bitwise_equal(env, reference, tmp_path, step, delay):
+    """Kill once checkpoint ``step`` (of 6) exists plus ``delay`` seconds, then resume."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(  # --resume on a new directory starts the run
+        _command(out, "--resume"),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while max(_checkpoint_steps(out), default=0) < step and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    killed_mid_run = process.returncode == -signal.SIGKILL and not (out / "summary.json").exists()
+    assert killed_mid_run or step > 1  # 5 of 6 rounds remain after the first checkpoint
+
+    resumed = _run(env, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    if killed_mid_run:  # the killed process's lock was left behind and is taken over
+        assert "stale lock" in resumed.stderr
+    assert_same_results(out, reference)
+
+
+def test_nan_stops_cleanly_and_the_checkpoint_resumes(env, reference, tmp_path):
+    out = tmp_path / "run"
+    result = _run(env, out, driver=NAN_DRIVER)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "method 'uniform', round 2, step 3 of 12" in lines[0] and "nan" in lines[0]
+    # Only round 1's checkpoint and metrics line exist; no model was saved.
+    assert _checkpoint_steps(out) == [1]
+    assert len(read_records(out / "metrics.jsonl")) == 1
+    assert not (out / "models").exists() and not (out / LOCK_NAME).exists()
+    forced = tmp_path / "forced"
+    shutil.copytree(out, forced)
+
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    changed = _run(env, out, "--resume", "refine.budget=60")
+    assert changed.returncode == 2
+    assert changed.stderr.count("\n") == 1, changed.stderr
+    assert "refine.budget: 120 in the run, 60 now" in changed.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    resumed = _run(env, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_results(out, reference)
+
+    result = _run(env, forced, "--resume", "--force", "refine.budget=60")
+    assert result.returncode == 0, result.stderr
+    records = read_records(forced / "metrics.jsonl")
+    assert [r["synthetic_drawn"] for r in records] == [120, 60, 60, 60, 60, 60]
+
+
+def test_lock_refuses_a_live_owner(tmp_path):
+    with RunLock(tmp_path) as lock:
+        owner = json.loads(lock.path.read_text())
+        assert owner["pid"] == os.getpid() and owner["hostname"] == socket.gethostname()
+        with pytest.raises(MarsError, match=f"in use by another run \\(pid {os.getpid()} on"):
+            RunLock(tmp_path).acquire()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_cli_refuses_a_locked_run_directory(tmp_path, capsys):
+    from mars_jax.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / LOCK_NAME
+    lock.write_text(json.dumps({"pid": os.getpid(), "hostname": socket.gethostname()}))
+    status = main(["run", *ARGS, "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert f"pid {os.getpid()}" in err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_and_released(tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(
+        json.dumps({"pid": dead.pid, "hostname": socket.gethostname(), "started": "then"})
+    )
+    with RunLock(tmp_path) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert f"stale lock of {tmp_path} (pid {dead.pid}" in capsys.readouterr().err
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_lock_is_released_on_keyboard_interrupt(tmp_path):
+    with pytest.raises(KeyboardInterrupt), RunLock(tmp_path):
+        raise KeyboardInterrupt
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_lock_of_another_host_is_never_taken_over(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "hostname": "elsewhere.invalid"}))
+    with pytest.raises(MarsError, match=r"pid 1 on elsewhere\.invalid"):
+        RunLock(tmp_path).acquire()
+
+
+def test_metrics_log_drops_a_torn_tail_and_cuts_back(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with MetricsLog(path) as log:
+        log.append({"round": 1})
+        size = log.size
+        log.append({"round": 2, "text": "é"})
+    assert log.lines == 2 and log.size == path.stat().st_size
+    with open(path, "ab") as handle:
+        handle.write(b'{"round": 3, "acc')  # a write cut short by a kill
+    assert read_records(path) == [{"round": 1}, {"round": 2, "text": "é"}]
+    with MetricsLog(path, size=size, lines=1) as log:
+        log.append({"round": 2})
+    assert read_records(path) == [{"round": 1}, {"round": 2}]
+    with pytest.raises(MarsError, match="shorter than the 9999 bytes"):
+        MetricsLog(path, size=9999)
+
+
+def test_non_finite_error_names_the_first_bad_step_across_epochs_and_chunks():
+    from mars_jax.refine import _non_finite_error
+    from mars_jax.train import StepStats
+
+    # 2 epochs of 6 steps in chunks of 4 (the second chunk of each epoch has 2 padding
+    # steps), 3 ensemble members; member 2's gradient norm is inf at step 11 (epoch 2,
+    # chunk 2, row 0), and every later step is NaN.
+    chunks = [StepStats(np.ones((4, 3), np.float32), np.ones((4, 3), np.float32)) for _ in range(4)]
+    chunks[3].grad_norm[0, 2] = np.inf
+    chunks[3].loss[1] = np.nan
+    error = _non_finite_error(
+        "mars", "round 4", chunks, chunk=4, chunks_per_epoch=2, steps_per_epoch=6, total=12
+    )
+    assert str(error).startswith(
+        "method 'mars', round 4, step 11 of 12, ensemble member 2: training gradient norm is inf"
+    )
+    assert isinstance(error, MarsError)
