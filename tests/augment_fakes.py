@@ -22,7 +22,10 @@ class GeneratorStopped(RuntimeError):
 
 
 class FakeGenerator:
-    """Reverses the source's words and appends a tag drawn from (source, seed).
+    """Reverses the source's words and appends a tag drawn from (source, seed, position).
+
+    Like the real generator, a reply depends on the seed and the prompt's position in the
+    call, so a source requested several times in one call gets different replies.
 
     With ``bad=True`` about one reply in four is unusable: empty, the source itself, or
     three times too long; every reply starts with a "Here is the paraphrase:" line.
@@ -54,10 +57,10 @@ class FakeGenerator:
             raise GeneratorStopped(f"stopped after {self.fail_after} calls")
         time.sleep(self.delay)
         replies = []
-        for prompt in prompts:
+        for index, prompt in enumerate(prompts):
             self.requests.append((prompt, seed, max_new_tokens))
             source = prompt.split("\n\n", 1)[1]
-            draw = int(hashlib.sha256(f"{source}|{seed}".encode()).hexdigest()[:8], 16)
+            draw = int(hashlib.sha256(f"{source}|{seed}|{index}".encode()).hexdigest()[:8], 16)
             reply = " ".join(reversed(source.split())) + f" t{draw % 1000}"
             if self.bad and draw % 12 == 0:
                 reply = ""

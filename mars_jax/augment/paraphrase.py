@@ -172,8 +172,10 @@ def paraphrase_texts(
 ) -> ParaphraseResult:
     """Up to ``count`` accepted paraphrases of each text (see the module docstring).
 
-    Equal texts are paraphrased once. Sample ``k`` of retry round ``a`` uses the seed
-    ``derive_seed(seed, a, k)`` for every source in that call.
+    Equal texts are paraphrased once. Retry round ``a`` sends one request per missing
+    paraphrase, in one call per new-token budget ``b`` with the seed
+    ``derive_seed(seed, a, b)``; repeated requests for one source differ because the
+    generator draws each prompt's sample from the seed and the prompt's position.
 
     Args:
       generator: the chat model.
@@ -198,30 +200,28 @@ def paraphrase_texts(
         if not pending:
             break
         stats["retry_rounds"] += attempt > 0
-        for sample in range(max(count - len(accepted[i]) for i in pending)):
-            rows = [i for i in pending if count - len(accepted[i]) > 0]
-            groups: dict[int, list[int]] = {}
-            for i in rows:
-                budget = new_token_budget(sources[i], settings.max_new_tokens)
-                groups.setdefault(budget, []).append(i)
-            for budget, group in sorted(groups.items()):
-                outputs = generator.generate(
-                    [template.format(text=sources[i]) for i in group],
-                    max_new_tokens=budget,
-                    temperature=settings.temperature,
-                    top_p=settings.top_p,
-                    seed=derive_seed(seed, attempt, sample),
-                )
-                if len(outputs) != len(group):
-                    raise ValueError(f"generator gave {len(outputs)} replies to {len(group)}")
-                stats["generated"] += len(group)
-                for i, output in zip(group, outputs, strict=True):
-                    candidate = clean_output(output)
-                    reason = rejection_reason(sources[i], candidate, accepted[i], settings)
-                    if reason is None:
-                        accepted[i].append(candidate)
-                    else:
-                        stats[f"rejected_{reason}"] += 1
+        groups: dict[int, list[int]] = {}  # one request per missing paraphrase, by budget
+        for i in pending:
+            budget = new_token_budget(sources[i], settings.max_new_tokens)
+            groups.setdefault(budget, []).extend([i] * (count - len(accepted[i])))
+        for budget, group in sorted(groups.items()):
+            outputs = generator.generate(
+                [template.format(text=sources[i]) for i in group],
+                max_new_tokens=budget,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                seed=derive_seed(seed, attempt, budget),
+            )
+            if len(outputs) != len(group):
+                raise ValueError(f"generator gave {len(outputs)} replies to {len(group)}")
+            stats["generated"] += len(group)
+            for i, output in zip(group, outputs, strict=True):
+                candidate = clean_output(output)
+                reason = rejection_reason(sources[i], candidate, accepted[i], settings)
+                if reason is None and len(accepted[i]) < count:
+                    accepted[i].append(candidate)
+                elif reason is not None:
+                    stats[f"rejected_{reason}"] += 1
     stats["accepted"] += sum(len(found) for found in accepted)
     stats["short_sources"] += sum(len(found) < count for found in accepted)
     by_text = dict(zip(unique, accepted, strict=True))
