@@ -28,6 +28,7 @@ from mars_jax.augment.paraphrase import (
     new_token_budget,
     paraphrase_texts,
     rejection_reason,
+    source_token_limit,
     truncate_source,
 )
 from mars_jax.augment.pool import (
@@ -502,3 +503,16 @@ def test_mixup_variants_are_convex_combinations_with_other_pairs():
         assert np.count_nonzero(np.abs(others) > 1e-6) <= 1 and np.all(others >= -1e-6)
         np.testing.assert_allclose(x.sum(), 10, rtol=1e-5)
         np.testing.assert_allclose(np.asarray(pool.rejected[row]).sum(), -10, rtol=1e-5)
+
+
+def test_sources_are_cut_so_that_a_paraphrase_fits_the_new_token_cap():
+    assert source_token_limit(ParaphraseSettings(max_new_tokens=256, max_source_tokens=100)) == 100
+    assert source_token_limit(ParaphraseSettings(max_new_tokens=128, max_source_tokens=384)) == 74
+    assert source_token_limit(ParaphraseSettings(max_new_tokens=64, max_source_tokens=0)) == 32
+    generator = FakeGenerator()
+    long_text = " ".join(f"w{i}" for i in range(300))
+    s = ParaphraseSettings(max_source_tokens=384, max_new_tokens=64)
+    result = paraphrase_texts(generator, [long_text], 2, s, template=PROMPT_TEMPLATE, seed=3)
+    (prompt, _, budget), *_ = generator.requests
+    assert approx_tokens(prompt.split("\n\n", 1)[1]) <= 32 and budget <= 64
+    assert result.stats["truncated"] == 1 and len(result.paraphrases[0]) == 2

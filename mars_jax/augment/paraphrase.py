@@ -1,21 +1,21 @@
 """Paraphrase requests to a :class:`TextGenerator`, with filters, retries and fallbacks.
 
-A source text is paraphrased ``count`` times, each sample with its own seed. A sample is
+A source text is paraphrased ``count`` times, each sample from its own random stream. A sample is
 cleaned (a leading "Here is the paraphrase:"-style line and wrapping quotes are stripped) and
-rejected when it is empty, identical to the source after whitespace and case normalisation,
-a duplicate of an accepted paraphrase, or when its length in characters is outside
-``[min_length_ratio, max_length_ratio]`` times the source's, widened by
-:data:`LENGTH_SLACK` characters on each side (so that a one-word reply such as "Yes." may be
-reworded at all). Rejected samples are redrawn
-with new seeds for at most ``max_retries`` more rounds; a source still short of ``count``
-keeps the paraphrases it has (counted in ``short_sources``).
+rejected when it is empty, identical to the source after whitespace and case normalisation, a
+duplicate of an accepted paraphrase, or when its length in characters is outside
+``[min_length_ratio, max_length_ratio]`` times the source's, widened by :data:`LENGTH_SLACK`
+characters on each side (so that a one-word reply such as "Yes." may be reworded at all). Rejected
+samples are redrawn with new seeds for at most ``max_retries`` more rounds; a source still short of
+``count`` keeps the paraphrases it has (counted in ``short_sources``).
 
-Long sources are cut to about ``max_source_tokens`` tokens (at a word boundary, keeping the
-start) before they are sent, and the length filter then compares against the cut text. Token
-counts are estimated without the generator's tokenizer as ``max(4/3 per word, 1 per 4
-characters)``, which is close to byte-level BPE on English prose; each request's
-``max_new_tokens`` is 1.5 times the source's estimate plus 16, rounded up to a power of two
-(at least 32) and capped, so that requests of similar length share one generation call.
+Long sources are cut to about ``max_source_tokens`` tokens, or fewer where a paraphrase of that
+length would not fit in ``max_new_tokens`` (:func:`source_token_limit`), at a word boundary, keeping
+the start, before they are sent, and the length filter then compares against the cut text. Token
+counts are estimated without the generator's tokenizer as ``max(4/3 per word, 1 per 4 characters)``,
+which is close to byte-level BPE on English prose; each request's ``max_new_tokens`` is 1.5 times
+the source's estimate plus 16, rounded up to a power of two (at least 32) and capped, so that
+requests of similar length share one generation call.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "new_token_budget",
     "paraphrase_texts",
     "rejection_reason",
+    "source_token_limit",
     "truncate_source",
 ]
 
@@ -122,6 +123,16 @@ def new_token_budget(source: str, cap: int) -> int:
     return min(cap, max(32, 1 << (wanted - 1).bit_length()))
 
 
+def source_token_limit(settings: ParaphraseSettings) -> int:
+    """The token limit of a source: ``max_source_tokens``, lowered so that a paraphrase
+    of the source's length still fits in ``max_new_tokens`` (else the length filter would
+    reject every sample of a long source)."""
+    fits = max(1, math.floor((settings.max_new_tokens - 16) / 1.5))
+    if settings.max_source_tokens <= 0:
+        return fits
+    return min(settings.max_source_tokens, fits)
+
+
 def clean_output(text: str) -> str:
     """A generated paraphrase without a leading boilerplate line or wrapping quotes."""
     text = _BOILERPLATE.sub("", text.strip(), count=1).strip()
@@ -188,8 +199,9 @@ def paraphrase_texts(
     stats: Counter = Counter()
     unique = list(dict.fromkeys(text for text in texts if text.strip()))
     sources = []
+    limit = source_token_limit(settings)
     for text in unique:
-        source, cut = truncate_source(text, settings.max_source_tokens)
+        source, cut = truncate_source(text, limit)
         sources.append(source)
         stats["truncated"] += cut
     stats["sources"] += len(unique)
