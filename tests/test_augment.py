@@ -516,3 +516,26 @@ def test_sources_are_cut_so_that_a_paraphrase_fits_the_new_token_cap():
     (prompt, _, budget), *_ = generator.requests
     assert approx_tokens(prompt.split("\n\n", 1)[1]) <= 32 and budget <= 64
     assert result.stats["truncated"] == 1 and len(result.paraphrases[0]) == 2
+
+
+class _FileGenerator(FakeGenerator):
+    """A fake with a real generator's identity: weights file path and sha256."""
+
+    def __init__(self, path: str, sha256: str = "ab12"):
+        super().__init__()
+        self.path, self.sha256 = path, sha256
+
+    @property
+    def identity(self) -> dict:
+        return {"name": "fake", "path": self.path, "sha256": self.sha256}
+
+
+def test_a_pool_resumes_with_the_same_weights_at_another_path(tmp_path):
+    out = tmp_path / "pool"
+    build_pool(make_table(4), _FileGenerator("/venv-a/w.gguf"), out, SETTINGS, progress=False)
+    report = build_pool(
+        make_table(8), _FileGenerator("/venv-b/w.gguf"), out, SETTINGS, progress=False
+    )
+    assert report.resumed == 4 and report.built == 4
+    with pytest.raises(MarsError, match=r"different generator"):
+        build_pool(make_table(8), _FileGenerator("/a", "cd34"), out, SETTINGS, progress=False)

@@ -131,10 +131,20 @@ def _counts(chunks: Sequence[Mapping[str, Any]], keys: set[str]) -> dict[str, An
     }
 
 
+def _comparable(value: Any) -> Any:
+    """A manifest field without the generator's file location (a pool resumes in another
+    environment as long as the weights' sha256 is the same)."""
+    if isinstance(value, Mapping) and "sha256" in value:
+        return {key: item for key, item in value.items() if key != "path"}
+    return value
+
+
 def _check_resume(out: Path, manifest: Mapping[str, Any], *, force: bool) -> dict[str, Any]:
     """The existing manifest's compared fields, or an error naming those that differ."""
     existing = read_manifest(out)
-    differ = [name for name in _COMPARED if existing.get(name) != manifest[name]]
+    differ = [
+        name for name in _COMPARED if _comparable(existing.get(name)) != _comparable(manifest[name])
+    ]
     if differ and not force:
         raise MarsError(
             f"{out}: this pool was built with different {', '.join(differ)}; resume it with "
