@@ -26,16 +26,21 @@ the pool (``data.pool``), belongs in that file, so a new data set or pool is a n
   ``refine.budget`` B), uniform and MARS.
 - ``label_noise``: cell ``noise-10``, the accuracy cell with ``data.label_flip_rate = 0.1``.
 
-The full fine-tune of the encoder (issue 8, item 5) is not part of ``run_experiment``, which
-trains heads on frozen features, so it is not an experiment here.
+- ``sensitivity``: cells ``tau-T`` for the MARS temperature T = 0.1 (the default), 1 and 10,
+  and cell ``v2`` (the revised method's settings: tau 0.5 and 2.5 times the data set's budget,
+  i.e. B = 5,000 where B = 2,000), each with uniform, MARS and signed-margin MARS. Reported in
+  full next to the claims, which are judged at the default settings only.
+- ``finetune``: cell ``finetune``, uniform and MARS with the text encoder trained end to end
+  with the head (``model.finetune_encoder = true``, :data:`FINETUNE_OVERRIDES`); only for a
+  data set of text pairs with a paraphrase pool directory, so it is not in the default list.
 
-``--smoke`` runs every experiment on ``configs/experiments/smoke.toml`` (configs/tiny.toml:
+``--smoke`` runs the default experiments on ``configs/experiments/smoke.toml`` (configs/tiny.toml:
 120 base pairs, 2 rounds, cheap curvature estimators, the Hessian only) with 2 seeds into
 ``--results`` (default: a new temporary folder), in about a minute.
 
 Usage::
 
-    python benchmarks/experiments.py [--experiments accuracy,curvature,...]
+    python benchmarks/experiments.py [--experiments accuracy,curvature,...,finetune]
         [--datasets synthetic,hh-rlhf,...] [--seeds 5] [--results DIR]
         [--compile-cache DIR] [--smoke]
 """
@@ -66,7 +71,29 @@ from mars_jax.outputs import write_json_atomic  # noqa: E402
 CONFIG_DIR = REPO_ROOT / "configs" / "experiments"
 DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_COMPILE_CACHE = Path("~/.cache/mars_jax/xla").expanduser()
-EXPERIMENTS = ("accuracy", "curvature", "sample_efficiency", "label_noise")
+EXPERIMENTS = (
+    "accuracy",
+    "curvature",
+    "sample_efficiency",
+    "label_noise",
+    "sensitivity",
+    "finetune",
+)
+DEFAULT_EXPERIMENTS = EXPERIMENTS[:5]
+TEMPERATURES = (0.1, 1.0, 10.0)
+V2_TEMPERATURE = 0.5
+V2_BUDGET_FACTOR = 2.5
+SENSITIVITY_METHODS = ("uniform", "mars", "mars_signed")
+FINETUNE_OVERRIDES = (
+    "model.finetune_encoder=true",
+    "train.learning_rate=1e-4",
+    "train.batch_size=16",
+    "train.warmup_epochs=2",
+    "refine.rounds=3",
+    "data.num_heldout_pairs=300",
+)
+"""A small fine-tune that fits a CPU: a learning rate common for small BERT encoders with a
+fresh head, and 300 held-out pairs (each evaluation runs the encoder on all of them)."""
 BUDGET_PERCENTS = (10, 30, 50, 100)
 LABEL_FLIP_RATE = 0.1
 PAIRED_METHODS = ("uniform", "mars")
@@ -146,6 +173,18 @@ def experiment_cells(
     if experiment == "label_noise":
         flip = (f"data.label_flip_rate={LABEL_FLIP_RATE}",)
         return [Cell(experiment, dataset, f"noise-{round(LABEL_FLIP_RATE * 100)}", None, flip)]
+    if experiment == "sensitivity":
+        cells = [
+            Cell(
+                experiment, dataset, f"tau-{t:g}", SENSITIVITY_METHODS, (f"refine.temperature={t}",)
+            )
+            for t in TEMPERATURES
+        ]
+        budget = round(V2_BUDGET_FACTOR * load_config(config_path).refine.budget)
+        v2 = (f"refine.temperature={V2_TEMPERATURE}", f"refine.budget={budget}")
+        return [*cells, Cell(experiment, dataset, "v2", SENSITIVITY_METHODS, v2)]
+    if experiment == "finetune":
+        return [Cell(experiment, dataset, "finetune", PAIRED_METHODS, FINETUNE_OVERRIDES)]
     raise MarsError(f"--experiments: unknown experiment {experiment!r}; known: {EXPERIMENTS}")
 
 
@@ -172,6 +211,8 @@ def _method_record(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> dic
     final = summary["final"]
     record = {
         "accuracy": final["accuracy"],
+        "accuracy_lower": final.get("accuracy_lower"),
+        "accuracy_upper": final.get("accuracy_upper"),
         "auc": final.get("auc"),
         "snr": final["signal_to_noise"],
         "ece": final["calibration_error"],
@@ -189,14 +230,17 @@ def _method_record(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> dic
 
 
 class _DataCache:
-    """The last data set built, reused while the data section of the config is unchanged."""
+    """The last data set built, reused while the data section of the config (and whether the
+    encoder is trained, which turns features into token ids) is unchanged."""
 
     def __init__(self) -> None:
         self._key: str | None = None
         self._data: Any = None
 
     def get(self, config: Config) -> Any:
-        key = json.dumps(config_to_dict(config)["data"], sort_keys=True)
+        key = json.dumps(
+            [config_to_dict(config)["data"], config.model.finetune_encoder], sort_keys=True
+        )
         if key != self._key:
             self._key, self._data = None, None
             self._data = build_data(config)
@@ -280,7 +324,7 @@ def _split(text: str) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--experiments", default=",".join(EXPERIMENTS))
+    parser.add_argument("--experiments", default=",".join(DEFAULT_EXPERIMENTS))
     parser.add_argument("--datasets", default=None, help="default: synthetic (smoke: smoke)")
     parser.add_argument("--seeds", type=int, default=None, help="default: 5 (smoke: 2)")
     parser.add_argument("--results", type=Path, default=None)

@@ -133,12 +133,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The reward model (an MLP head on the features)."""
+    """The reward model: an MLP head on the features, or on an encoder trained with it."""
 
     hidden_sizes: tuple[int, ...] = _opt(
         (64, 64), "widths of the hidden layers (empty: a linear head)", item_min=1
     )
     activation: str = _opt("gelu", "activation function", choices=("gelu", "relu", "tanh"))
+    finetune_encoder: bool = _opt(
+        False, "train data.encoder with the head (suite 'pairs', a pool directory)"
+    )
 
 
 @dataclass(frozen=True)

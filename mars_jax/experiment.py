@@ -29,7 +29,7 @@ from mars_jax.curvature.report import CurvatureSettings
 from mars_jax.data.synthetic import SyntheticSuite, make_synthetic_suite, true_reward
 from mars_jax.errors import MarsError
 from mars_jax.metrics_log import MetricsLog, read_records
-from mars_jax.models.heads import init_members, mlp_reward_model
+from mars_jax.models.heads import RewardModel, init_members, mlp_reward_model
 from mars_jax.outputs import (
     compact_curvature,
     write_curvature_plots,
@@ -68,10 +68,16 @@ RoundCallback = Callable[[RoundSummary], None]
 
 def build_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
     """The run's base pairs, pool and held-out pairs, and a description of them."""
+    if config.data.suite == "pairs" and config.model.finetune_encoder:
+        from mars_jax.data.tokens import build_token_data
+
+        return build_token_data(config)
     if config.data.suite == "pairs":
         from mars_jax.data.text import build_text_data
 
         return build_text_data(config)
+    if config.model.finetune_encoder:
+        raise ConfigError("model.finetune_encoder: needs data.suite = 'pairs' (text to encode)")
     data = config.data
     suite = make_synthetic_suite(
         seed=data.seed,
@@ -184,11 +190,23 @@ def mesh_settings(config: Config) -> MeshSettings:
     )
 
 
-def build_trainer(config: Config, in_features: int):
-    """The reward model and its trainer."""
-    model = mlp_reward_model(
-        in_features, config.model.hidden_sizes, activation=config.model.activation
-    )
+def build_trainer(config: Config, data: RefineData) -> tuple[RewardModel, Trainer]:
+    """The reward model for ``data``'s inputs and its trainer."""
+    if config.model.finetune_encoder:
+        from mars_jax.models.embeddings import finetune_reward_model
+        from mars_jax.models.pretrained import resolve_encoder
+
+        model = finetune_reward_model(
+            resolve_encoder(config.data.encoder),
+            hidden_sizes=config.model.hidden_sizes,
+            pooling=config.data.pooling,
+            activation=config.model.activation,
+        )
+    else:
+        in_features = int(data.base.chosen.shape[-1])
+        model = mlp_reward_model(
+            in_features, config.model.hidden_sizes, activation=config.model.activation
+        )
     train = config.train
     trainer = Trainer(
         reward_fn=model.reward_fn,
@@ -246,7 +264,7 @@ def run_experiment(
     checkpoints = RunCheckpoints(run_dir)
     fingerprint = run_fingerprint(config, data)
     point = checkpoints.latest() if resume else None
-    model, trainer = build_trainer(config, int(data.base.chosen.shape[-1]))
+    model, trainer = build_trainer(config, data)
     key = jax.random.key(config.train.seed)
     init_key, run_key = jax.random.split(key)
     metrics_path = run_dir / "metrics.jsonl"

@@ -71,7 +71,7 @@ def load_run(run_dir: Path, overrides: Sequence[str] = ()) -> SavedRun:
         raise MarsError(f"{config_path}: missing field 'config'")
     config = config_from_dict(resolved["config"], source=str(config_path), overrides=overrides)
     data, _ = build_data(config)
-    model, trainer = build_trainer(config, int(data.base.chosen.shape[-1]))
+    model, trainer = build_trainer(config, data)
     return SavedRun(path=run_dir, config=config, data=data, model=model, trainer=trainer)
 
 

@@ -197,6 +197,12 @@ def test_chunk_round_trip_and_atomic_write(tmp_path, monkeypatch):
     first = path.read_bytes()
     write_chunk(path, {"base_keys": ["k1", "k2"], "pairs": 2}, pairs)
     assert path.read_bytes() == first  # reproducible bytes
+    mask = os.umask(0o027)
+    try:
+        write_chunk(path, {"base_keys": ["k1", "k2"], "pairs": 2}, pairs)
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o640  # 0o666 less the umask, as open() gives
 
     def crash(*args):
         raise KeyboardInterrupt

@@ -7,15 +7,19 @@ import importlib.util
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from mars_jax.augment import generator as generators
 from mars_jax.augment.pool import base_key, read_pool
+from mars_jax.checkpoint import load_params
 from mars_jax.cli import main
 from mars_jax.config import load_config
 from mars_jax.data.text import build_text_data, select_base_pairs
 from mars_jax.experiment import build_data
+from mars_jax.models.embeddings import finetune_reward_model, load_tokenizer, tokenize_pairs
+from mars_jax.models.heads import init_members
 
 
 def _load(name: str):
@@ -212,3 +216,63 @@ def test_synthetic_suite_refuses_a_pool_directory(tmp_path, capsys):
     assert main(["run", "configs/tiny.toml", f"data.pool={tmp_path}", "--out", str(out)]) == 2
     assert "needs data.suite = 'pairs'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_finetune_run_trains_the_encoder_on_the_pool(setup, pool_dir):
+    root, overrides = setup
+    run = root / "run-finetune"
+    argv = [*overrides, f"data.pool={pool_dir}", "model.finetune_encoder=true"]
+    assert main(["run", *argv, "train.learning_rate=1e-2", "--out", str(run), "--quiet"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data"]["encoder"]["trained"] and summary["data"]["num_pool_pairs"] == 120
+    assert 0 <= summary["methods"]["mars"]["final"]["accuracy"] <= 1
+    model = finetune_reward_model(root / "bert", hidden_sizes=(8,))
+    start = init_members(model, jax.random.key(0), 1)
+    trained = load_params(run / "models" / "mars", start)
+    moved = [
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(
+            jax.tree.leaves(start["encoder"]), jax.tree.leaves(trained["encoder"]), strict=True
+        )
+    ]
+    assert min(moved) >= 0 and max(moved) > 1e-4
+
+
+def test_token_data_matches_the_tokenizer_and_follows_flipped_labels(setup, pool_dir):
+    root, overrides = setup
+    argv = [*overrides, f"data.pool={pool_dir}", "model.finetune_encoder=true"]
+    clean, info = build_data(load_config(None, argv))
+    noisy, _ = build_data(load_config(None, [*argv, "data.label_flip_rate=0.2"]))
+    assert clean.base.chosen["input_ids"].shape == (30, 32)
+    assert clean.pool.chosen["attention_mask"].shape == (120, 32)
+    assert clean.heldout.rejected["input_ids"].shape == (20, 32)
+    assert info["base_pairs_with_pool_pairs"] == 30
+    base = select_base_pairs(load_config(None, argv)).base
+    expected = tokenize_pairs(
+        load_tokenizer(root / "bert"), base.prompt[:3], base.chosen[:3], max_length=32
+    )
+    width = expected["input_ids"].shape[1]
+    np.testing.assert_array_equal(clean.base.chosen["input_ids"][:3, :width], expected["input_ids"])
+    assert not np.asarray(clean.base.chosen["attention_mask"][:3, width:]).any()
+    flipped = np.all(clean.base.chosen["input_ids"] == noisy.base.rejected["input_ids"], axis=1)
+    rows = np.isin(np.asarray(noisy.pool.source), np.flatnonzero(flipped))
+    assert flipped.sum() == 6 and rows.sum() == 6 * 4
+    np.testing.assert_array_equal(
+        noisy.pool.chosen["input_ids"][rows], clean.pool.rejected["input_ids"][rows]
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "message"),
+    [
+        (None, [], "data.pool: 'perturb' works on frozen features"),
+        ("configs/tiny.toml", None, "model.finetune_encoder: needs data.suite = 'pairs'"),
+    ],
+)
+def test_finetune_needs_text_and_a_pool_directory(setup, tmp_path, capsys, config, extra, message):
+    _, overrides = setup
+    argv = [*(overrides if extra is not None else [config]), "model.finetune_encoder=true"]
+    assert main(["run", *argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import load_benchmark
 
+from mars_jax.augment import generator as generators
+from mars_jax.cli import main as cli_main
 from mars_jax.errors import MarsError
 
 experiments = load_benchmark("experiments")
@@ -25,8 +29,8 @@ def test_smoke_grid_writes_raw_json_resumes_and_feeds_the_report(tmp_path):
 
     first = experiments.main(argv)
 
-    # 2 seeds x (accuracy + curvature + 4 budget fractions + label noise) cells.
-    assert len(first["ran"]) == 14 and first["skipped"] == []
+    # 2 seeds x (accuracy + curvature + 4 budget fractions + label noise + 4 sensitivity) cells.
+    assert len(first["ran"]) == 22 and first["skipped"] == []
     main0 = json.loads((results / "accuracy/smoke/main-seed0.json").read_text())
     assert set(main0["methods"]) == {
         "none",
@@ -68,7 +72,19 @@ def test_smoke_grid_writes_raw_json_resumes_and_feeds_the_report(tmp_path):
     mean = 100 * np.mean(accs)
     expected = f"| mars | 2 | {mean:.2f} [{mean - 100 * half:.2f}, {mean + 100 * half:.2f}] |"
     assert expected in text
-    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## Speed benchmarks"):
+    v2 = json.loads((results / "sensitivity/smoke/v2-seed1.json").read_text())
+    assert v2["config"]["refine"]["budget"] == 300 and v2["config"]["refine"]["temperature"] == 0.5
+    assert set(v2["methods"]) == {"uniform", "mars", "mars_signed"}
+    tau = [
+        json.loads((results / f"sensitivity/smoke/tau-{t}-seed{s}.json").read_text())
+        for t in ("10", "1")
+        for s in (0, 1)
+    ]
+    diff = 100 * np.mean(
+        [r["methods"]["mars"]["accuracy"] - r["methods"]["uniform"]["accuracy"] for r in tau[:2]]
+    )
+    assert "| `tau-10` | 10 | 120 | 2 |" in text and f"{diff:.2f} [" in text
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Speed benchmarks"):
         assert heading in text
     for plot in ("accuracy-smoke", "curvature-smoke", "budget-smoke"):
         assert (results / "plots" / f"{plot}.png").stat().st_size > 0
@@ -213,3 +229,54 @@ def test_a_bad_data_set_config_fails_before_any_run(tmp_path):
     with pytest.raises(MarsError, match=r"missing\.toml"):
         experiments.main(["--datasets", f"smoke,{bad}", "--results", str(results)])
     assert not results.exists()
+
+
+def _load_test_module(name):
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_finetune_experiment_on_a_tiny_text_set_with_a_pool(tmp_path, monkeypatch):
+    text_data = _load_test_module("test_text_data")
+    fakes = _load_test_module("augment_fakes")
+    text_data.tiny_bert.write_tiny_bert(tmp_path / "bert")
+    text_data.write_pairs(tmp_path / "pairs.jsonl")
+    dataset = tmp_path / "tiny-text.toml"
+    dataset.write_text(
+        "[data]\n"
+        'suite = "pairs"\n'
+        f"paths = ['{tmp_path / 'pairs.jsonl'}']\n"
+        f"encoder = '{tmp_path / 'bert'}'\n"
+        f"cache_dir = '{tmp_path / 'cache'}'\n"
+        f"pool = '{tmp_path / 'pool'}'\n"
+        "num_base_pairs = 24\nnum_heldout_pairs = 20\nheldout_fraction = 0.25\n"
+        "max_length = 32\n"
+        "[model]\nhidden_sizes = [8]\n"
+        "[refine]\nbudget = 24\n"
+        "[augment]\nprompt_paraphrases = 2\nchosen_paraphrases = 2\nrejected_paraphrases = 2\n"
+        "[eval]\nnum_bootstrap = 50\n"
+        "[output]\nprogress = false\nplots = false\n"
+    )
+    monkeypatch.setattr(generators, "load_text_generator", lambda *a, **k: fakes.FakeGenerator())
+    assert cli_main(["augment", str(dataset), "--out", str(tmp_path / "pool"), "--quiet"]) == 0
+    results = tmp_path / "results"
+    argv = ["--experiments", "finetune", "--datasets", str(dataset), "--seeds", "1"]
+    ran = experiments.main([*argv, "--results", str(results), "--compile-cache", ""])["ran"]
+    assert ran == ["finetune/tiny-text/finetune-seed0.json"]
+    record = json.loads((results / ran[0]).read_text())
+    assert record["config"]["model"]["finetune_encoder"] is True
+    assert record["data"]["encoder"]["trained"] and record["data"]["num_pool_pairs"] == 24 * 4
+    mars = record["methods"]["mars"]
+    assert len(mars["accuracy_per_round"]) == 3
+    assert mars["accuracy_lower"] <= mars["accuracy"] <= mars["accuracy_upper"]
+
+    out = tmp_path / "REPORT.md"
+    make_report.main(["--results", str(results), "--out", str(out)])
+    text = out.read_text()
+    assert "### `tiny-text`: 1 seed" in text
+    shown = f"{100 * mars['accuracy']:.2f} [{100 * mars['accuracy_lower']:.2f}, "
+    assert f"| mars | {shown}" in text
+    assert "**The text path works with a fine-tuned encoder** (`tiny-text`)" in text

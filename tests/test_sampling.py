@@ -13,7 +13,13 @@ from tiny_llama import write_tiny_model
 from mars_jax.models import sampling
 from mars_jax.models.llama import forward_logits
 from mars_jax.models.llama_weights import load_llama, to_device
-from mars_jax.models.sampling import bucket_length, generate_ids, sample_tokens, top_p_filter
+from mars_jax.models.sampling import (
+    batch_rows,
+    bucket_length,
+    generate_ids,
+    sample_tokens,
+    top_p_filter,
+)
 
 NO_STOP = -1  # a token id that never occurs
 _top_p_filter = jax.jit(top_p_filter, static_argnums=2)
@@ -67,6 +73,15 @@ def test_no_recompilation_within_a_bucket(model):
     assert sample_tokens._cache_size() == before
     _generate(model, [[9] * 17])  # the next bucket: one new compilation
     assert sample_tokens._cache_size() == before + 1
+
+
+def test_partial_batches_run_in_fewer_rows_with_the_same_outputs(model):
+    assert [batch_rows(n, 32) for n in (1, 4, 5, 9, 31, 32)] == [4, 4, 8, 16, 32, 32]
+    assert batch_rows(5, 6) == 6
+    sampled = {"temperature": 0.9, "top_p": 0.9, "seed": 5, "batch_size": 8}
+    alone = _generate(model, PROMPTS[:3], **sampled)
+    in_full_batch = _generate(model, PROMPTS[:3] + [[4, 4, 4]] * 5, **sampled)
+    assert in_full_batch[:3] == alone
 
 
 def test_bucket_lengths():

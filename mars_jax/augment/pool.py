@@ -175,7 +175,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def write_chunk(path: Path, header: Mapping[str, Any], pairs: Iterable[PoolPair]) -> None:
-    """Write one chunk atomically (temporary dot-file, fsync, rename); bytes are reproducible."""
+    """Write one chunk atomically (temporary dot-file, fsync, rename); bytes are reproducible.
+
+    The file gets the mode a plain ``open`` would give (``0o666`` less the umask), not the
+    owner-only mode of the temporary file, so that a pool can be shared.
+    """
     lines = [json.dumps({"kind": "chunk", **header}, ensure_ascii=False, sort_keys=True)]
     lines += [json.dumps(pair._asdict(), ensure_ascii=False) for pair in pairs]
     data = gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0)
@@ -185,10 +189,18 @@ def write_chunk(path: Path, header: Mapping[str, Any], pairs: Iterable[PoolPair]
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _record(path: Path, number: int, value: Any) -> PoolPair:

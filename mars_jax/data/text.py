@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -36,9 +37,17 @@ from mars_jax.errors import MarsError
 from mars_jax.models.embeddings import EmbeddingCache, TextEncoder, embed_with_cache, pair_text
 from mars_jax.models.pretrained import resolve_encoder
 from mars_jax.refine import RefineData
-from mars_jax.types import PairBatch, Pool
+from mars_jax.types import PairBatch, Pool, PyTree
 
-__all__ = ["BaseSelection", "build_text_data", "flip_labels", "select_base_pairs"]
+__all__ = [
+    "BaseSelection",
+    "build_text_data",
+    "directory_pool",
+    "flip_labels",
+    "read_pool_option",
+    "select_base_pairs",
+    "selection_info",
+]
 
 
 class BaseSelection(NamedTuple):
@@ -96,16 +105,49 @@ def select_base_pairs(config: Config) -> BaseSelection:
     return BaseSelection(read, cleaning, train, heldout, base, held)
 
 
-def _directory_pool(
+def selection_info(config: Config, selection: BaseSelection, flipped: np.ndarray) -> dict[str, Any]:
+    """JSON-able description of the files read, the cleaning, the split and the label flips."""
+    read = selection.read
+    return {
+        "suite": "pairs",
+        "paths": list(config.data.paths),
+        "pairs_read": len(read.table),
+        "invalid_records": read.invalid,
+        "invalid_examples": list(read.first_errors),
+        "ranked_ties_skipped": read.ties,
+        "cleaning": selection.cleaning.to_json(),
+        "train_side_pairs": len(selection.train),
+        "heldout_side_pairs": len(selection.heldout),
+        "num_base_pairs": len(selection.base),
+        "num_heldout_pairs": len(selection.held),
+        "num_flipped": int(flipped.sum()),
+    }
+
+
+def read_pool_option(config: Config) -> PoolContents | None:
+    """The pool directory named by ``data.pool``, or None for a cheap generator's name."""
+    pool = config.data.pool
+    if pool in POOL_GENERATORS:
+        return None
+    if not Path(pool).expanduser().is_dir():
+        raise ConfigError(
+            f"data.pool: {pool!r} is neither one of {', '.join(POOL_GENERATORS)} "
+            "nor a pool directory"
+        )
+    return read_pool(Path(pool).expanduser())
+
+
+def directory_pool(
     contents: PoolContents,
     base: PairTable,
     flipped: np.ndarray,
-    embed: Callable[[list[str]], np.ndarray],
+    embed: Callable[[list[str]], PyTree],
     separator: str,
 ) -> tuple[Pool, dict[str, Any]]:
-    """The pool read from a pool directory for ``base`` (unflipped texts), as features.
+    """The pool read from a pool directory for ``base`` (unflipped texts), as model inputs.
 
-    ``embed(texts) -> [N, D]`` gives standardised features.
+    ``embed(texts)`` gives the inputs of ``N`` texts (a pytree with leading axis ``N``):
+    standardised features ``[N, D]``, or token ids for a fine-tuned encoder.
     """
     directory = contents.directory
     keys = base_keys(base.prompt, base.chosen, base.rejected)
@@ -123,10 +165,10 @@ def _directory_pool(
             bad = pair_text(pair.prompt, pair.rejected, separator)
             chosen.append(bad if flip else good)
             rejected.append(good if flip else bad)
-    vectors = embed(chosen + rejected)
+    inputs = embed(chosen + rejected)
     pool = Pool(
-        chosen=vectors[: len(chosen)],
-        rejected=vectors[len(chosen) :],
+        chosen=jax.tree.map(lambda a: a[: len(chosen)], inputs),
+        rejected=jax.tree.map(lambda a: a[len(chosen) :], inputs),
         source=jnp.asarray(np.repeat(np.arange(len(keys)), counts), jnp.int32),
         offsets=jnp.asarray(np.concatenate([[0], np.cumsum(counts)]), jnp.int32),
     )
@@ -141,16 +183,8 @@ def _directory_pool(
 def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
     """The run's data from the preference files in ``config.data.paths``."""
     data = config.data
-    contents = None
-    if data.pool not in POOL_GENERATORS:
-        if not Path(data.pool).expanduser().is_dir():
-            raise ConfigError(
-                f"data.pool: {data.pool!r} is neither one of {', '.join(POOL_GENERATORS)} "
-                "nor a pool directory"
-            )
-        contents = read_pool(Path(data.pool).expanduser())
+    contents = read_pool_option(config)
     selection = select_base_pairs(config)
-    read, cleaning, train, heldout = selection[:4]
     base, flipped = flip_labels(selection.base, rate=data.label_flip_rate, seed=data.seed)
     held = selection.held
 
@@ -214,21 +248,10 @@ def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
             pool_info["pool_embedding_cache"] = {"hits": stats.hits, "misses": stats.misses}
             return features(found)
 
-        pool, found_info = _directory_pool(contents, selection.base, flipped, embed, separator)
+        pool, found_info = directory_pool(contents, selection.base, flipped, embed, separator)
         pool_info |= found_info
     info = {
-        "suite": "pairs",
-        "paths": list(data.paths),
-        "pairs_read": len(read.table),
-        "invalid_records": read.invalid,
-        "invalid_examples": list(read.first_errors),
-        "ranked_ties_skipped": read.ties,
-        "cleaning": cleaning.to_json(),
-        "train_side_pairs": len(train),
-        "heldout_side_pairs": len(heldout),
-        "num_base_pairs": num_base,
-        "num_heldout_pairs": num_held,
-        "num_flipped": int(flipped.sum()),
+        **selection_info(config, selection, flipped),
         "num_pool_pairs": int(pool.source.shape[0]),
         **pool_info,
         "encoder": encoder.identity,

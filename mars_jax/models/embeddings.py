@@ -69,6 +69,7 @@ __all__ = [
     "progress_bar",
     "text_key",
     "tokenize_pairs",
+    "tokenize_texts",
 ]
 
 TRUNCATION_SIDES = ("left", "right")
@@ -460,6 +461,33 @@ def embed_with_cache(
     return (_l2_normalize(result) if normalize else result), stats
 
 
+def tokenize_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    length: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Inputs of :func:`finetune_reward_model` for ``B`` ready-made texts (see :func:`pair_text`).
+
+    Each text is truncated from the left (``[CLS]`` is kept) to ``max_length`` tokens and padded
+    to ``length`` (``>= max_length``), or when None to the bucket length of the longest row.
+
+    Returns:
+      ``{"input_ids": [B, T] int32, "attention_mask": [B, T] int32}``.
+    """
+    token_ids = _tokenize(tokenizer, texts, max_length=max_length, truncation_side="left")
+    if length is None:
+        longest = max((len(ids) for ids in token_ids), default=1)
+        length = _bucket(longest, bucket_lengths(max_length))
+    elif length < max_length:
+        raise MarsError(f"length ({length}) must be at least max_length ({max_length})")
+    input_ids, attention_mask = _pad(
+        token_ids, length, pad_id=tokenizer.pad_token_id or 0, rows=len(token_ids)
+    )
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
 def tokenize_pairs(
     encoder_or_tokenizer: TextEncoder | PreTrainedTokenizerBase,
     prompts: Sequence[str],
@@ -486,15 +514,7 @@ def tokenize_pairs(
         pair_text(prompt, response, tokenizer.sep_token)
         for prompt, response in zip(prompts, responses, strict=True)
     ]
-    token_ids = _tokenize(tokenizer, texts, max_length=max_length, truncation_side="left")
-    longest = max((len(ids) for ids in token_ids), default=1)
-    input_ids, attention_mask = _pad(
-        token_ids,
-        _bucket(longest, bucket_lengths(max_length)),
-        pad_id=tokenizer.pad_token_id or 0,
-        rows=len(token_ids),
-    )
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    return tokenize_texts(tokenizer, texts, max_length=max_length)
 
 
 class TextRewardModel(nnx.Module):

@@ -8,11 +8,13 @@ Temperature, top-p, the seed, the stop token and the padding are traced values, 
 shape ``[B, P]``, ``max_new_tokens`` and the model config select a compilation.
 
 :func:`generate_ids` groups token-id prompts by length bucket (``P`` = the smallest of 16, 32,
-64, ... at least the prompt's length, capped at ``max_prompt_tokens``), pads each bucket's
-batches to ``batch_size`` rows, so any mix of prompt lengths within a bucket reuses one
-compilation. Each prompt's random stream is ``fold_in(key(seed), i)`` for its index ``i`` in
-the request, folded again with the step number: a prompt's output depends on the seed, its
-index and its text, not on the prompts that share its batch.
+64, ... at least the prompt's length, capped at ``max_prompt_tokens``) and runs each bucket in
+batches of ``batch_size`` rows; a bucket's last, partial batch is padded only to the smallest
+power of two (at least :data:`MIN_BATCH`) that holds it, so any mix of prompt lengths within a
+bucket reuses a few compilations and a small remainder does not pay for a full batch. Each
+prompt's random stream is ``fold_in(key(seed), i)`` for its index ``i`` in the request, folded
+again with the step number: a prompt's output depends on the seed, its index and its text, not
+on the prompts that share its batch.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from jax import lax
 
 from mars_jax.models.llama import LlamaConfig, forward, init_cache, output_logits
 
-__all__ = ["bucket_length", "generate_ids", "sample_tokens", "top_p_filter"]
+__all__ = ["batch_rows", "bucket_length", "generate_ids", "sample_tokens", "top_p_filter"]
 
 MIN_BUCKET = 16
+MIN_BATCH = 4
 BISECTION_STEPS = 40
 TOP_P_CANDIDATES = 256
 
@@ -166,6 +169,14 @@ def bucket_length(length: int, max_prompt_tokens: int) -> int:
     return min(bucket, max(max_prompt_tokens, length))
 
 
+def batch_rows(count: int, batch_size: int) -> int:
+    """Rows of the compiled batch that runs ``count`` prompts (at most ``batch_size``)."""
+    rows = MIN_BATCH
+    while rows < count:
+        rows *= 2
+    return min(rows, batch_size)
+
+
 def generate_ids(
     params: dict[str, Any],
     config: LlamaConfig,
@@ -187,10 +198,11 @@ def generate_ids(
     for length, members in buckets.items():
         for begin in range(0, len(members), batch_size):
             rows = members[begin : begin + batch_size]
-            tokens = np.zeros((batch_size, length), np.int32)
-            pad = np.full((batch_size,), length - 1, np.int32)
-            indices = np.zeros((batch_size,), np.int32)
-            active = np.zeros((batch_size,), bool)
+            size = batch_rows(len(rows), batch_size)
+            tokens = np.zeros((size, length), np.int32)
+            pad = np.full((size,), length - 1, np.int32)
+            indices = np.zeros((size,), np.int32)
+            active = np.zeros((size,), bool)
             for r, i in enumerate(rows):
                 ids = prompts[i]
                 tokens[r, length - len(ids) :] = ids
