@@ -44,6 +44,7 @@ METHOD_ORDER = ("none", "uniform", "west_of_n", "mars", "mars_signed", "ensemble
 ORIGINAL = {
     "synthetic": ("a synthetic preference suite", 0.804, 0.860),
     "tldr": ("OpenAI summarization", 0.712, 0.775),
+    "tldr-pool": ("OpenAI summarization", 0.712, 0.775),
 }
 ORIGINAL_NOT_RUN = "StackExchange answer ranking, 68.9% -> 74.1%"
 POOL_NOTE = "representation-level pool, not the SmolLM2 paraphrase pool the issue asks for"
