@@ -89,7 +89,7 @@ def measure_size(size: int, methods: list[str], rounds: int) -> list[dict]:
 
     config = load_config(None, overrides(size))
     data, info = build_data(config)
-    model, trainer = build_trainer(config, int(data.base.chosen.shape[-1]))
+    model, trainer = build_trainer(config, data)
     init_key, run_key = jax.random.split(jax.random.key(config.train.seed))
 
     refiners, states, init_s = {}, {}, {}

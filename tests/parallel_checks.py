@@ -86,7 +86,7 @@ def round_checks(placement: Placement) -> dict:
     """
     config = load_config(None, OVERRIDES)
     data, _ = build_data(config)
-    model, trainer = build_trainer(config, int(data.base.chosen.shape[-1]))
+    model, trainer = build_trainer(config, data)
     key = jax.random.key(0)
     results = []
     for where in (None, placement):
@@ -127,7 +127,7 @@ def operator_checks(placement: Placement, *, curvature: bool) -> dict:
     if ``curvature``, the curvature estimators with and without the placement."""
     config = load_config(None, OVERRIDES)
     data, _ = build_data(config)
-    model, trainer = build_trainer(config, int(data.base.chosen.shape[-1]))
+    model, trainer = build_trainer(config, data)
     params = model.init(jax.random.key(1))
     rows = np.arange(13)
     pairs = PairBatch(

@@ -149,7 +149,7 @@ def test_one_device_mesh_gives_identical_results():
         ],
     )
     data, _ = build_data(config)
-    model, trainer = build_trainer(config, int(data.base.chosen.shape[-1]))
+    model, trainer = build_trainer(config, data)
     placement = Placement(build_mesh(MeshSettings(enabled=True)))
     key = jax.random.key(0)
     results = []

@@ -31,7 +31,7 @@ SMALL = [
 def small_setup(*overrides: str):
     config = load_config(None, [*SMALL, *overrides])
     data, _ = build_data(config)
-    model, trainer = build_trainer(config, int(data.base.chosen.shape[-1]))
+    model, trainer = build_trainer(config, data)
     return config, data, model, trainer
 
 
