@@ -192,7 +192,7 @@ def mlp_setup(features: int, hidden: tuple[int, ...], pairs: int, seed: int) -> 
     import jax
     import jax.numpy as jnp
 
-    from mars_jax.curvature import bradley_terry_loss_fn
+    from mars_jax.losses import pairwise_loss_fn
     from mars_jax.models.heads import mlp_reward_model
     from mars_jax.types import PairBatch
 
@@ -210,7 +210,7 @@ def mlp_setup(features: int, hidden: tuple[int, ...], pairs: int, seed: int) -> 
         "params": params,
         "batch": batch,
         "reward_fn": model.reward_fn,
-        "loss_fn": bradley_terry_loss_fn(model.reward_fn),
+        "loss_fn": pairwise_loss_fn(model.reward_fn),
         "num_params": num_params(params),
         "pairs": pairs,
     }
@@ -305,7 +305,7 @@ def encoder_setup(cfg: dict, pairs: int, seed: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from mars_jax.curvature import bradley_terry_loss_fn
+    from mars_jax.losses import pairwise_loss_fn
     from mars_jax.types import PairBatch
 
     params = init_encoder(jax.random.key(seed), cfg)
@@ -329,7 +329,7 @@ def encoder_setup(cfg: dict, pairs: int, seed: int) -> dict:
         "params": params,
         "batch": batch,
         "reward_fn": reward_fn,
-        "loss_fn": bradley_terry_loss_fn(reward_fn),
+        "loss_fn": pairwise_loss_fn(reward_fn),
         "num_params": num_params(params),
         "pairs": pairs,
     }

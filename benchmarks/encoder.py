@@ -274,7 +274,7 @@ def bench_finetune(
 
     from mars_jax.losses import bradley_terry_loss
     from mars_jax.margins import pair_margins
-    from mars_jax.models.embeddings import finetune_reward_model
+    from mars_jax.models.finetune import finetune_reward_model
 
     model = finetune_reward_model(folder, pooling="mean")
     params = model.init(jax.random.key(seed))

@@ -1,6 +1,6 @@
 """The experiment grid of the method's claims: accuracy, curvature, sample efficiency, noise.
 
-Runs the library's own runner (:func:`mars_jax.experiment.run_experiment`) in-process, one
+Runs the library's own runner (:func:`mars_jax.runner.experiment.run_experiment`) in-process, one
 *cell* at a time. A cell is (experiment, data set, name, method set, config overrides) and
 runs once per training seed (``train.seed = 0..S-1``; ``data.seed`` stays that of the data
 set's config). Every (cell, seed) writes one raw JSON file
@@ -63,10 +63,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from mars_jax.config import Config, config_hash, config_to_dict, load_config  # noqa: E402
 from mars_jax.errors import MarsError  # noqa: E402
-from mars_jax.experiment import build_data, run_experiment  # noqa: E402
-from mars_jax.outputs import write_json_atomic  # noqa: E402
+from mars_jax.files import write_json_atomic  # noqa: E402
+from mars_jax.runner.config import Config, config_hash, config_to_dict, load_config  # noqa: E402
+from mars_jax.runner.data import build_data  # noqa: E402
+from mars_jax.runner.experiment import run_experiment  # noqa: E402
 
 CONFIG_DIR = REPO_ROOT / "configs" / "experiments"
 DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"

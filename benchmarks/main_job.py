@@ -4,7 +4,7 @@ Target: the main job (the built-in default config, all default methods) finishes
 2 minutes on a 2-core CPU.
 
 Runs ``mars-jax run --out DIR --quiet`` (the console script beside ``sys.executable``, else
-``python -m mars_jax.cli``) in a subprocess and times the wall clock of the whole process:
+``python -m mars_jax.runner.cli``) in a subprocess and times the wall clock of the whole process:
 interpreter start, imports, data, compilation, every method's rounds, the run directory and
 the plots. ``summary.json`` gives the in-process time of ``run_experiment`` and each method's
 round time. For information, the wall time is also divided by that of a trivial
@@ -69,7 +69,7 @@ def cli_command() -> list[str]:
     script = Path(sys.executable).parent / "mars-jax"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "mars_jax.cli"]
+    return [sys.executable, "-m", "mars_jax.runner.cli"]
 
 
 def subprocess_env() -> dict[str, str]:

@@ -82,21 +82,20 @@ def measure_size(size: int, methods: list[str], rounds: int) -> list[dict]:
     """Run ``rounds`` interleaved rounds of every method at ``size`` base pairs; one row each."""
     import jax
 
-    from mars_jax.config import load_config
-    from mars_jax.experiment import build_data, build_trainer, refine_settings
     from mars_jax.models.heads import init_members
-    from mars_jax.refine import Refiner
+    from mars_jax.runner.config import load_config
+    from mars_jax.runner.data import build_data
+    from mars_jax.runner.experiment import build_refiners, build_trainer
 
     config = load_config(None, overrides(size))
     data, info = build_data(config)
     model, trainer = build_trainer(config, data)
     init_key, run_key = jax.random.split(jax.random.key(config.train.seed))
 
-    refiners, states, init_s = {}, {}, {}
+    refiners = build_refiners(config, trainer, methods=tuple(methods))
+    states, init_s = {}, {}
     for method in methods:
-        settings = refine_settings(config, method)
-        refiners[method] = Refiner(trainer=trainer, settings=settings)
-        params = init_members(model, init_key, settings.num_members)
+        params = init_members(model, init_key, refiners[method].num_members)
         start = time.perf_counter()
         states[method] = refiners[method].init(run_key, params, data)
         init_s[method] = time.perf_counter() - start

@@ -30,9 +30,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+METHODS = ("none", "uniform", "west_of_n", "mars", "mars_signed", "adaboost", "ensemble")
+
 __all__ = [
+    "METHODS",
+    "Allocation",
     "Draws",
     "adaboost_weights",
+    "allocate",
     "draw_from_pool",
     "ensemble_weights",
     "largest_remainder_budgets",
@@ -251,6 +256,77 @@ def draw_from_pool(
     indices = jnp.where(size == 0, anywhere, jnp.where(rank < size, ranked, with_replacement))
     valid = jnp.arange(num_draws) < jnp.sum(budgets)
     return Draws(indices=indices, source=slot_source, valid=valid)
+
+
+class Allocation(NamedTuple):
+    """A round's allocation.
+
+    Attributes:
+      budgets: ``[N]`` int32 synthetic pairs per base pair.
+      base_weights: ``[N]`` loss weights of the base pairs (1 except for ``adaboost``).
+      draws: the drawn pool rows (``S = num_draws`` slots).
+    """
+
+    budgets: jax.Array
+    base_weights: jax.Array
+    draws: Draws
+
+
+def allocate(
+    member_margins: jax.Array,
+    pool_offsets: jax.Array,
+    key: jax.Array,
+    *,
+    method: str,
+    num_draws: int,
+    max_per_source: int,
+    temperature: float = 1.0,
+    priority: jax.Array | None = None,
+) -> Allocation:
+    """Weights, integer budgets and pool draws of one round for ``method``.
+
+    Pure; jit it with the keyword arguments (but ``priority``) static.
+
+    Args:
+      member_margins: ``[M, N]`` base-pair margins under each of ``M`` ensemble members
+        (``M = 1`` for a single model; methods but ``ensemble`` use the mean over members).
+      pool_offsets: ``[N + 1]`` CSR offsets of the pool (``Pool.offsets``).
+      key: PRNG key.
+      method: one of :data:`METHODS` (see the table in the module docstring).
+      num_draws: synthetic pairs to draw this round (0 for ``none`` and ``adaboost``).
+      max_per_source: the largest pool of any base pair.
+      temperature: the method's temperature: ``tau`` of :func:`mars_weights`,
+        :func:`ensemble_weights` or :func:`adaboost_weights` (unused by the others).
+      priority: ``[P]`` draw order for ``west_of_n`` (the pool pairs' margins).
+
+    Returns:
+      :class:`Allocation`; the budgets sum to ``num_draws``.
+    """
+    margins = member_margins.mean(axis=0)
+    num_base = margins.shape[0]
+    base_weights = jnp.ones(num_base, jnp.float32)
+    if method == "adaboost":
+        base_weights = adaboost_weights(margins, temperature=temperature)
+    if method in ("mars", "mars_signed"):
+        weights = mars_weights(margins, temperature=temperature, signed=method == "mars_signed")
+    elif method == "ensemble":
+        weights = ensemble_weights(member_margins, temperature=temperature)
+    else:
+        weights = pool_size_weights(pool_offsets)
+    budget_key, draw_key = jax.random.split(key)
+    if num_draws:
+        budgets = largest_remainder_budgets(weights, budget=num_draws, key=budget_key)
+    else:
+        budgets = jnp.zeros(num_base, jnp.int32)
+    draws = draw_from_pool(
+        draw_key,
+        budgets,
+        pool_offsets,
+        num_draws=num_draws,
+        max_per_source=max_per_source,
+        priority=priority,
+    )
+    return Allocation(budgets=budgets, base_weights=base_weights, draws=draws)
 
 
 _PAIRWISE_RANK_LIMIT = 64

@@ -2,7 +2,10 @@
 
 A signed margin is ``m = r(chosen) - r(rejected)`` (shape ``[B]``). Losses here return
 one value per pair; reduce them with :func:`masked_mean` (which gives 0, not NaN, for an
-all-masked batch), as optax separates losses from reductions.
+all-masked batch), as optax separates losses from reductions. :class:`LossSettings` names
+one training loss (Bradley-Terry or hinge, with a target margin, label smoothing and reward
+centering); :func:`pairwise_loss` is its weighted mean on a batch of a reward model, and
+:func:`loss_second_derivative` its curvature in the margin (used by the Gauss-Newton operator).
 
 Example:
   >>> import jax.numpy as jnp
@@ -13,15 +16,28 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 
+from mars_jax.margins import pair_margins
+from mars_jax.settings import setting
+from mars_jax.types import LossFn, PairBatch, PyTree, RewardFn
+
 __all__ = [
+    "LOSSES",
+    "LossSettings",
     "bradley_terry_loss",
     "hinge_loss",
+    "loss_second_derivative",
     "masked_mean",
+    "pairwise_loss",
+    "pairwise_loss_fn",
     "reward_centering_penalty",
 ]
+
+LOSSES = ("bradley_terry", "hinge")
 
 
 @jax.custom_jvp
@@ -110,3 +126,72 @@ def masked_mean(values: jax.Array, weights: jax.Array | None = None) -> jax.Arra
     return jnp.where(total > 0, jnp.sum(jnp.where(weights > 0, values * weights, 0.0)), 0.0) / (
         safe_total
     )
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """One pairwise training loss: which loss and its options."""
+
+    kind: str = setting("bradley_terry", "pairwise loss", choices=LOSSES, key="loss")
+    target_margin: float = setting(0.0, "margin the loss asks the reward gap to exceed", min=0)
+    label_smoothing: float = setting(
+        0.0, "probability mass moved to the opposite label", min=0, max_exclusive=0.5
+    )
+    centering_coef: float = setting(0.0, "penalty on the squared mean reward", min=0)
+
+    def __post_init__(self) -> None:
+        if self.kind not in LOSSES:
+            raise ValueError(f"loss kind must be one of {LOSSES}, got {self.kind!r}")
+
+
+def pairwise_loss(
+    params: PyTree, batch: PairBatch, *, reward_fn: RewardFn, loss: LossSettings
+) -> tuple[jax.Array, jax.Array]:
+    """Weighted mean pairwise loss of a batch and its margins.
+
+    Args:
+      params: the reward model's parameters.
+      batch: pairs with their ``[B]`` weights (0 = padding).
+      reward_fn: ``reward_fn(params, inputs) -> rewards[N]``.
+      loss: which loss.
+
+    Returns:
+      ``(loss, margins[B])``; the loss is 0 for an all-padding batch.
+    """
+    rewards = pair_margins(reward_fn, params, batch.chosen, batch.rejected)
+    if loss.kind == "hinge":
+        per_pair = hinge_loss(rewards.margins, target_margin=loss.target_margin or 1.0)
+    else:
+        per_pair = bradley_terry_loss(
+            rewards.margins,
+            target_margin=loss.target_margin,
+            label_smoothing=loss.label_smoothing,
+        )
+    if loss.centering_coef:
+        per_pair = per_pair + reward_centering_penalty(
+            rewards.chosen, rewards.rejected, coef=loss.centering_coef
+        )
+    return masked_mean(per_pair, batch.weight), rewards.margins
+
+
+def pairwise_loss_fn(reward_fn: RewardFn, *, loss: LossSettings = LossSettings()) -> LossFn:
+    """The training loss as ``loss_fn(params, batch) -> scalar`` (:func:`pairwise_loss`)."""
+
+    def loss_fn(params: PyTree, batch: PairBatch) -> jax.Array:
+        return pairwise_loss(params, batch, reward_fn=reward_fn, loss=loss)[0]
+
+    return loss_fn
+
+
+def loss_second_derivative(margins: jax.Array, *, loss: LossSettings = LossSettings()) -> jax.Array:
+    """Second derivative ``h_i = l''(m_i)`` of the per-pair loss in its margin, ``[B]``.
+
+    Bradley-Terry: ``sigmoid(m - gamma) sigmoid(gamma - m)``. Label smoothing mixes
+    ``softplus(gamma - m)`` and ``softplus(m - gamma)``, which have the same second
+    derivative, so it leaves ``h`` unchanged. Hinge: 0 (piecewise linear in the margin).
+    The reward-centering penalty is not a function of the margin and is not included.
+    """
+    if loss.kind == "hinge":
+        return jnp.zeros_like(margins)
+    shifted = margins - loss.target_margin
+    return jax.nn.sigmoid(shifted) * jax.nn.sigmoid(-shifted)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.types import PyTree, tree_concat
+from mars_jax.types import PyTree, ResponsePairs, tree_concat
 
 __all__ = [
     "LowestPairs",
@@ -31,6 +31,8 @@ __all__ = [
     "group_rewards",
     "lowest_margin_pairs",
     "pair_margins",
+    "response_pair_margins",
+    "response_pairs",
 ]
 
 
@@ -89,6 +91,51 @@ def pair_margins(
     rewards = reward_fn(params, tree_concat([chosen, rejected]))
     chosen_rewards, rejected_rewards = rewards[:batch], rewards[batch:]
     return PairRewards(chosen_rewards - rejected_rewards, chosen_rewards, rejected_rewards)
+
+
+def response_pair_margins(
+    reward_fn: Callable[[PyTree, PyTree], jax.Array],
+    params: PyTree,
+    pairs: ResponsePairs,
+) -> PairRewards:
+    """Rewards and margins of pairs of distinct responses, one reward per response.
+
+    Args:
+      reward_fn: ``reward_fn(params, inputs) -> [N]`` for inputs with leading axis ``N``.
+      params: model parameters, passed through unchanged.
+      pairs: ``U`` distinct responses and the ``[B]`` rows of each pair's two sides.
+
+    Returns:
+      ``PairRewards`` of ``[B]`` arrays from ``U`` reward evaluations.
+    """
+    rewards = reward_fn(params, pairs.responses)
+    chosen, rejected = rewards[pairs.chosen], rewards[pairs.rejected]
+    return PairRewards(chosen - rejected, chosen, rejected)
+
+
+def response_pairs(
+    chosen_keys: list, rejected_keys: list
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct responses among the pairs' sides, by hashable key (host-side, numpy).
+
+    Args:
+      chosen_keys: ``[B]`` key of each pair's preferred response (e.g. its text).
+      rejected_keys: ``[B]`` key of each pair's dispreferred response.
+
+    Returns:
+      ``(first, chosen, rejected)``: ``first`` ``[U]`` the position in ``chosen_keys +
+      rejected_keys`` of each distinct key's first occurrence, and ``[B]`` int32 rows of each
+      pair's sides among them, for :class:`~mars_jax.types.ResponsePairs`.
+    """
+    rows: dict = {}
+    first = []
+    for position, key in enumerate([*chosen_keys, *rejected_keys]):
+        if key not in rows:
+            rows[key] = len(first)
+            first.append(position)
+    index = np.array([rows[key] for key in [*chosen_keys, *rejected_keys]], np.int32)
+    count = len(chosen_keys)
+    return np.asarray(first, np.int64), index[:count], index[count:]
 
 
 def group_rewards(

@@ -16,12 +16,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from mars_jax.types import tree_take
+from mars_jax.types import PyTree, tree_take
 
 __all__ = [
     "ConfidenceInterval",
@@ -34,8 +34,6 @@ __all__ = [
     "roc_auc",
     "signal_to_noise",
 ]
-
-PyTree = Any
 
 
 class PairwiseAccuracy(NamedTuple):

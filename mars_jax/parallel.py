@@ -23,14 +23,15 @@ Example (8 simulated CPU devices: ``XLA_FLAGS=--xla_force_host_platform_device_c
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from mars_jax.errors import MarsError
+from mars_jax.settings import setting
 from mars_jax.types import PairBatch, PyTree
 
 __all__ = [
@@ -61,10 +62,12 @@ class MeshSettings:
         coordinator, process count and id come from the environment: TPU, SLURM, ...).
     """
 
-    enabled: bool = False
-    data: int = -1
-    fsdp: int = 1
-    distributed: bool = False
+    enabled: bool = setting(False, "shard training, scoring and curvature over a device mesh")
+    data: int = setting(-1, "devices on the data axis (-1: all devices left after fsdp)", min=-1)
+    fsdp: int = setting(1, "devices on the fsdp axis; parameters are split over it", min=1)
+    distributed: bool = setting(
+        False, "call jax.distributed.initialize() first (multi-host: TPU slice, SLURM)"
+    )
 
 
 _initialized = False
@@ -184,6 +187,9 @@ class Placement:
     """Shardings of a run on one mesh (hashable: compiled functions may be cached on it)."""
 
     mesh: Mesh
+    _unpads: dict[tuple[int, int], Callable] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def batch_multiple(self) -> int:
@@ -242,12 +248,11 @@ class Placement:
 
     def unpad(self, array: jax.Array, num_rows: int, *, axis: int = 0) -> jax.Array:
         """The first ``num_rows`` entries along ``axis``, replicated on every device."""
-        return _unpad_fn(self.mesh, num_rows, axis)(array)
-
-
-@functools.cache
-def _unpad_fn(mesh: Mesh, num_rows: int, axis: int):
-    def unpad(array: jax.Array) -> jax.Array:
-        return jax.lax.slice_in_dim(array, 0, num_rows, axis=axis)
-
-    return jax.jit(unpad, out_shardings=NamedSharding(mesh, PartitionSpec()))
+        if (num_rows, axis) not in self._unpads:
+            self._unpads[num_rows, axis] = jax.jit(
+                functools.partial(
+                    jax.lax.slice_in_dim, start_index=0, limit_index=num_rows, axis=axis
+                ),
+                out_shardings=self.replicated,
+            )
+        return self._unpads[num_rows, axis](array)

@@ -1,59 +1,84 @@
-"""Train state, train step and evaluation for pairwise reward models.
+"""Train state, train step and the epoch loop for pairwise reward models.
 
-The state is an immutable pytree; :meth:`Trainer.train_step` maps a state and a batch
-to a new state and is pure, so the caller jits it with ``donate_argnums=0``. A model may
-be an ensemble of ``M`` heads: every leaf of a :class:`TrainState` then has a leading
-member axis and :meth:`Trainer.train_chunk` vmaps the step over it (``M = 1`` for a
-single model). The learning rate follows warm-up plus cosine decay over the steps of one
-round and is computed from the state's counters, so rounds of different lengths reuse
-one compiled step.
+A :class:`Trainer` joins a reward function ``reward_fn(params, inputs) -> rewards[B]``, a
+pairwise loss and any ``optax.GradientTransformation``. The state is an immutable pytree;
+:meth:`Trainer.train_step` maps a state and a batch to a new state and is pure. A model may
+be an ensemble of ``M`` heads: every leaf of a :class:`TrainState` then has a leading member
+axis and :meth:`Trainer.train_chunk` vmaps the step over it (``M = 1`` for a single model).
+:meth:`Trainer.fit` runs shuffled epochs as compiled chunks of steps; the compiled programs
+belong to the trainer and die with it.
+
+The optimizer's updates are applied as they are (``optax.apply_updates``), unless the
+trainer has a ``learning_rate`` schedule of ``(step, num_steps)``: then the optimizer gives
+a direction and the rate comes from the state's counters, so rounds of different lengths
+reuse one compiled step. :meth:`Trainer.adamw` builds the runner's default that way: AdamW
+with global-norm clipping and a per-round warm-up + cosine schedule.
+
+Example (your own optimizer):
+  >>> import jax, jax.numpy as jnp, optax
+  >>> from mars_jax.train import Trainer
+  >>> trainer = Trainer(reward_fn=lambda p, x: x @ p, optimizer=optax.sgd(0.1))
+  >>> state = trainer.init_state(jnp.zeros(3))
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
-from mars_jax.losses import bradley_terry_loss, hinge_loss, masked_mean, reward_centering_penalty
-from mars_jax.margins import pair_margins
-from mars_jax.types import PairBatch, PyTree, tree_take
+from mars_jax.errors import MarsError
+from mars_jax.losses import LossSettings, pairwise_loss
+from mars_jax.margins import pair_margins, response_pair_margins
+from mars_jax.parallel import Placement, pad_rows
+from mars_jax.settings import setting
+from mars_jax.types import PairBatch, PyTree, ResponsePairs, RewardFn, Schedule, tree_take
 
 __all__ = [
     "EvalSums",
-    "LossSettings",
+    "FitSettings",
+    "NonFiniteTrainingError",
     "OptimizerSettings",
     "StepStats",
     "TrainState",
     "Trainer",
+    "adamw_direction",
     "learning_rate_at",
-    "pairwise_loss",
 ]
 
-RewardFn = Callable[[PyTree, PyTree], jax.Array]
 
-
-class LossSettings(NamedTuple):
-    """Which pairwise loss to train with (see :mod:`mars_jax.losses`)."""
-
-    kind: str = "bradley_terry"
-    target_margin: float = 0.0
-    label_smoothing: float = 0.0
-    centering_coef: float = 0.0
-
-
-class OptimizerSettings(NamedTuple):
+@dataclass(frozen=True)
+class OptimizerSettings:
     """AdamW with global-norm clipping and a per-round warm-up + cosine schedule."""
 
-    learning_rate: float = 1e-3
-    warmup_fraction: float = 0.1
-    weight_decay: float = 1e-4
-    grad_clip_norm: float = 1.0
+    learning_rate: float = setting(1e-3, "peak learning rate", min_exclusive=0)
+    warmup_fraction: float = setting(
+        0.1, "fraction of each round's steps spent warming up", min=0, max_exclusive=1
+    )
+    weight_decay: float = setting(1e-4, "decoupled weight decay (AdamW)", min=0)
+    grad_clip_norm: float = setting(1.0, "global gradient-norm clip", min_exclusive=0)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How long and in what batches a model trains."""
+
+    batch_size: int = setting(64, "pairs per optimisation step", min=1)
+    epochs_per_round: int = setting(1, "epochs of training in each refinement round", min=1)
+    warmup_epochs: int = setting(
+        1,
+        "epochs on the base pairs before the first allocation "
+        "(0: the first allocation uses the untrained model, as the authors' code)",
+        min=0,
+    )
 
 
 class EvalSums(NamedTuple):
@@ -87,6 +112,10 @@ class TrainState(struct.PyTreeNode):
     num_steps: jax.Array
 
 
+class NonFiniteTrainingError(MarsError):
+    """Training produced a NaN or infinite loss or gradient norm; the state is discarded."""
+
+
 def learning_rate_at(
     step: jax.Array, num_steps: jax.Array, *, peak: float, warmup_fraction: float
 ) -> jax.Array:
@@ -100,55 +129,66 @@ def learning_rate_at(
     return jnp.where(step < warmup, rising, falling)
 
 
-def pairwise_loss(
-    params: PyTree, batch: PairBatch, *, reward_fn: RewardFn, loss: LossSettings
-) -> tuple[jax.Array, jax.Array]:
-    """Weighted mean pairwise loss of a batch and its margins.
-
-    Returns:
-      ``(loss, margins[B])``; the loss is 0 for an all-padding batch.
-    """
-    rewards = pair_margins(reward_fn, params, batch.chosen, batch.rejected)
-    if loss.kind == "hinge":
-        per_pair = hinge_loss(rewards.margins, target_margin=loss.target_margin or 1.0)
-    else:
-        per_pair = bradley_terry_loss(
-            rewards.margins,
-            target_margin=loss.target_margin,
-            label_smoothing=loss.label_smoothing,
-        )
-    if loss.centering_coef:
-        per_pair = per_pair + reward_centering_penalty(
-            rewards.chosen, rewards.rejected, coef=loss.centering_coef
-        )
-    return masked_mean(per_pair, batch.weight), rewards.margins
+def adamw_direction(settings: OptimizerSettings) -> optax.GradientTransformation:
+    """AdamW's update direction without the learning rate: clip, Adam, decoupled decay."""
+    return optax.chain(
+        optax.clip_by_global_norm(settings.grad_clip_norm),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(settings.weight_decay),
+    )
 
 
 @dataclass(frozen=True)
 class Trainer:
-    """Static pieces of training: the reward function, loss and optimizer settings."""
+    """Static pieces of training: the reward function, loss and optimizer.
+
+    Attributes:
+      reward_fn: ``reward_fn(params, inputs) -> rewards[B]``.
+      optimizer: any optax transformation.
+      learning_rate: ``rate(step, num_steps)``; None applies the optimizer's updates as
+        they are (the optimizer holds its own rate); else the update is
+        ``params - rate * direction`` with the optimizer giving the direction.
+      loss: the pairwise loss.
+      chunk_steps: optimizer steps per compiled chunk of :meth:`fit`.
+    """
 
     reward_fn: RewardFn
-    loss: LossSettings = field(default_factory=LossSettings)
-    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    optimizer: optax.GradientTransformation
+    learning_rate: Schedule | None = None
+    loss: LossSettings = LossSettings()
+    chunk_steps: int = 16
+    _compiled: dict[str, Callable] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
-    @property
-    def transform(self) -> optax.GradientTransformation:
-        """AdamW direction without the learning rate (applied per step from the schedule)."""
-        return optax.chain(
-            optax.clip_by_global_norm(self.optimizer.grad_clip_norm),
-            optax.scale_by_adam(),
-            optax.add_decayed_weights(self.optimizer.weight_decay),
+    @classmethod
+    def adamw(
+        cls,
+        reward_fn: RewardFn,
+        *,
+        loss: LossSettings = LossSettings(),
+        optimizer: OptimizerSettings = OptimizerSettings(),
+    ) -> Trainer:
+        """The runner's trainer: AdamW with a per-round warm-up + cosine schedule."""
+        schedule = functools.partial(
+            learning_rate_at,
+            peak=optimizer.learning_rate,
+            warmup_fraction=optimizer.warmup_fraction,
         )
+        return cls(reward_fn, adamw_direction(optimizer), learning_rate=schedule, loss=loss)
 
     def init_state(self, params: PyTree, num_steps: int = 1) -> TrainState:
         """A fresh state for one model (no member axis)."""
         return TrainState(
             params=params,
-            opt_state=self.transform.init(params),
+            opt_state=self.optimizer.init(params),
             step=jnp.zeros((), jnp.int32),
             num_steps=jnp.asarray(num_steps, jnp.int32),
         )
+
+    def init_members(self, params: PyTree) -> TrainState:
+        """A fresh state for member-stacked ``params`` (leading axis ``M``)."""
+        return jax.vmap(self.init_state)(params)
 
     def train_step(self, state: TrainState, batch: PairBatch) -> tuple[TrainState, jax.Array]:
         """One optimizer step on one model. Returns ``(new_state, loss)``."""
@@ -163,14 +203,12 @@ class Trainer:
             lambda p: pairwise_loss(p, batch, reward_fn=self.reward_fn, loss=self.loss),
             has_aux=True,
         )(state.params)
-        updates, opt_state = self.transform.update(grads, state.opt_state, state.params)
-        rate = learning_rate_at(
-            state.step,
-            state.num_steps,
-            peak=self.optimizer.learning_rate,
-            warmup_fraction=self.optimizer.warmup_fraction,
-        )
-        params = jax.tree.map(lambda p, u: p - rate * u, state.params, updates)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        if self.learning_rate is None:
+            params = optax.apply_updates(state.params, updates)
+        else:
+            rate = self.learning_rate(state.step, state.num_steps)
+            params = jax.tree.map(lambda p, u: p - rate * u, state.params, updates)
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
         return new_state, StepStats(loss, optax.tree.norm(grads))
 
@@ -217,6 +255,85 @@ class Trainer:
 
         return jax.lax.scan(body, state, (rows, mask, active))
 
+    def fit(
+        self,
+        state: TrainState,
+        key: jax.Array,
+        pairs: PairBatch,
+        *,
+        epochs: int,
+        batch_size: int,
+        num_pairs: int | None = None,
+        placement: Placement | None = None,
+        stage: str = "training",
+    ) -> tuple[TrainState, float]:
+        """``epochs`` shuffled passes over the first ``num_pairs`` rows of ``pairs``.
+
+        Each member of the member-stacked ``state`` gets its own shuffle. The schedule's
+        counters restart (``step = 0``, ``num_steps`` = the steps of all epochs).
+
+        Args:
+          state: member-stacked state (leading axis ``M``).
+          key: PRNG key of the shuffles.
+          pairs: training pairs (rows past ``num_pairs`` are padding and never drawn).
+          epochs: passes over the data.
+          batch_size: pairs per step.
+          num_pairs: rows of ``pairs`` to train on (default: all).
+          placement: shard the batches over its mesh (None: the default device).
+          stage: names the stage in a non-finite error, e.g. "round 3".
+
+        Returns:
+          ``(state, mean training loss)``.
+
+        Raises:
+          NonFiniteTrainingError: a loss or gradient norm was NaN or infinite (checked on
+            the host once, after the last chunk).
+        """
+        if num_pairs is None:
+            num_pairs = int(pairs.weight.shape[0])
+        num_members = int(state.step.shape[0])
+        chunk = self.chunk_steps
+        steps_per_epoch = math.ceil(num_pairs / batch_size)
+        num_chunks = math.ceil(steps_per_epoch / chunk)
+        state = state.replace(
+            step=jnp.zeros_like(state.step),
+            num_steps=jnp.full_like(state.num_steps, steps_per_epoch * epochs),
+        )
+        if placement is not None:
+            state = placement.put_params(state)
+            pairs = placement.put_replicated(pairs)
+        run_chunk = self._jit("train_chunk", lambda: jax.jit(self.train_chunk, donate_argnums=0))
+        all_finite = self._jit("all_finite", lambda: jax.jit(_all_finite))
+        loss_sum = jnp.zeros(())
+        finite = jnp.asarray(True)
+        chunk_stats = []
+        for epoch_key in jax.random.split(key, epochs):
+            rows, mask = _epoch_rows(
+                epoch_key, num_pairs, num_members, batch_size, num_chunks * chunk
+            )
+            for index in range(num_chunks):
+                steps = slice(index * chunk, (index + 1) * chunk)
+                active = np.arange(chunk) < (steps_per_epoch - index * chunk)
+                step_rows, step_mask = rows[steps], mask[steps]
+                if placement is not None:
+                    step_rows, step_mask, active = _place_steps(
+                        placement, step_rows, step_mask, active
+                    )
+                state, stats = run_chunk(state, pairs, step_rows, step_mask, active)
+                loss_sum = loss_sum + jnp.sum(stats.loss)
+                finite = finite & all_finite(stats)
+                chunk_stats.append(stats)
+        if not bool(finite):
+            raise _non_finite_error(
+                stage,
+                chunk_stats,
+                chunk=chunk,
+                chunks_per_epoch=num_chunks,
+                steps_per_epoch=steps_per_epoch,
+                total=steps_per_epoch * epochs,
+            )
+        return state, float(loss_sum) / max(steps_per_epoch * epochs * num_members, 1)
+
     def eval_step(self, params: PyTree, batch: PairBatch) -> EvalSums:
         """Loss and accuracy of one model on a batch, as weighted sums plus a count.
 
@@ -231,3 +348,105 @@ class Trainer:
     def member_rewards(self, params: PyTree, inputs: PyTree) -> jax.Array:
         """Rewards ``[M, B]`` of every ensemble member (params stacked on axis ``M``)."""
         return jax.vmap(self.reward_fn, in_axes=(0, None))(params, inputs)
+
+    def mean_reward(self, params: PyTree, inputs: PyTree) -> jax.Array:
+        """Rewards ``[B]`` of the model: the mean over its members (params on axis ``M``)."""
+        return self.member_rewards(params, inputs).mean(axis=0)
+
+    def member_margins(self, params: PyTree, chosen: PyTree, rejected: PyTree) -> jax.Array:
+        """Margins ``[M, B]`` of every member, compiled once per trainer and shape."""
+        margins = self._jit(
+            "member_margins",
+            lambda: jax.jit(
+                jax.vmap(
+                    lambda p, c, r: pair_margins(self.reward_fn, p, c, r).margins,
+                    in_axes=(0, None, None),
+                )
+            ),
+        )
+        return margins(params, chosen, rejected)
+
+    def member_response_margins(self, params: PyTree, pairs: ResponsePairs) -> jax.Array:
+        """Margins ``[M, B]`` of every member from one reward per distinct response."""
+        margins = self._jit(
+            "member_response_margins",
+            lambda: jax.jit(
+                jax.vmap(
+                    lambda p, q: response_pair_margins(self.reward_fn, p, q).margins,
+                    in_axes=(0, None),
+                )
+            ),
+        )
+        return margins(params, pairs)
+
+    def _jit(self, name: str, build: Callable[[], Callable]) -> Callable:
+        """The compiled function ``name``, built on first use and kept by this trainer."""
+        if name not in self._compiled:
+            self._compiled[name] = build()
+        return self._compiled[name]
+
+
+def _all_finite(stats: StepStats) -> jax.Array:
+    return jnp.isfinite(stats.loss).all() & jnp.isfinite(stats.grad_norm).all()
+
+
+def _non_finite_error(
+    stage: str,
+    chunk_stats: list[StepStats],
+    *,
+    chunk: int,
+    chunks_per_epoch: int,
+    steps_per_epoch: int,
+    total: int,
+) -> NonFiniteTrainingError:
+    """The error naming the first step whose loss or gradient norm is not finite.
+
+    ``chunk_stats`` holds each chunk's ``[C, M]`` statistics in order, ``chunks_per_epoch``
+    chunks per epoch (the last one padded with steps whose statistics are 0); ``total`` is
+    the number of real steps of the stage.
+    """
+    for chunk_index, stats in enumerate(chunk_stats):
+        epoch, index = divmod(chunk_index, chunks_per_epoch)
+        losses, norms = np.asarray(stats.loss), np.asarray(stats.grad_norm)
+        for row in range(losses.shape[0]):
+            for name, values in (("loss", losses[row]), ("gradient norm", norms[row])):
+                bad = ~np.isfinite(values)
+                if bad.any():
+                    step = epoch * steps_per_epoch + index * chunk + row + 1
+                    member = f", ensemble member {int(np.argmax(bad))}" if values.size > 1 else ""
+                    return NonFiniteTrainingError(
+                        f"{stage}, step {step} of {total}{member}: "
+                        f"training {name} is {values[bad][0]}; stopped before saving this state"
+                    )
+    return NonFiniteTrainingError(f"{stage}: non-finite training statistics")
+
+
+def _place_steps(
+    placement: Placement, rows: np.ndarray, mask: np.ndarray, active: np.ndarray
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A chunk's rows and mask ``[C, M, b]`` padded on ``b`` with masked slots, sharded on b.
+
+    Padding slots point at row 0 with mask 0, so they carry zero loss weight.
+    """
+    multiple = placement.batch_multiple
+    sharding = placement.rows_sharding(3, axis=2)
+    return (
+        placement.put(pad_rows(rows, multiple, axis=2), sharding),
+        placement.put(pad_rows(mask, multiple, axis=2), sharding),
+        placement.put(active, placement.replicated),
+    )
+
+
+def _epoch_rows(
+    key: jax.Array, num_pairs: int, num_members: int, batch_size: int, num_steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A shuffled pass per member: rows and masks ``[num_steps, M, b]`` (padding masked)."""
+    padded = num_steps * batch_size
+    keys = jax.random.split(key, num_members)
+    perms = np.asarray(jax.vmap(lambda k: jax.random.permutation(k, num_pairs))(keys))
+    rows = np.zeros((num_members, padded), np.int32)
+    rows[:, :num_pairs] = perms
+    mask = np.zeros((num_members, padded), np.float32)
+    mask[:, :num_pairs] = 1.0
+    to_steps = lambda x: x.reshape(num_members, num_steps, batch_size).transpose(1, 0, 2)  # noqa: E731
+    return to_steps(rows), to_steps(mask)

@@ -22,16 +22,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.cli import main
-from mars_jax.config import load_config
-from mars_jax.curvature.operators import bradley_terry_loss_fn, hessian_vector_product
+from mars_jax.allocation import allocate
+from mars_jax.curvature.operators import hessian_vector_product
 from mars_jax.curvature.report import CurvatureSettings, curvature_report
 from mars_jax.curvature.trees import tree_random_like
-from mars_jax.experiment import build_data, build_trainer, refine_settings
+from mars_jax.losses import pairwise_loss, pairwise_loss_fn
 from mars_jax.models.heads import init_members
 from mars_jax.parallel import MeshSettings, Placement, build_mesh, param_spec
-from mars_jax.refine import Refiner, allocate_round
-from mars_jax.train import pairwise_loss
+from mars_jax.runner.cli import main
+from mars_jax.runner.config import load_config
+from mars_jax.runner.data import build_data
+from mars_jax.runner.experiment import build_refiners, build_trainer
 from mars_jax.types import PairBatch, tree_take
 
 OVERRIDES = [
@@ -90,19 +91,24 @@ def round_checks(placement: Placement) -> dict:
     key = jax.random.key(0)
     results = []
     for where in (None, placement):
-        refiner = Refiner(
-            trainer=trainer, settings=refine_settings(config, "west_of_n"), placement=where
-        )
+        refiner = build_refiners(config, trainer, where)["west_of_n"]
         state = refiner.init(key, init_members(model, key, 1), data)
         warm_margins = state.base_margins
         state, summary = refiner.run_round(state, data)
         results.append((warm_margins, state, summary))
     (warm0, state0, summary0), (warm1, state1, summary1) = results
-    mars = refine_settings(config, "mars")
-    allocate = jax.jit(
-        lambda m, o, k: allocate_round(m, o, k, settings=mars, draw_count=40, max_per_source=4)
+    mars = jax.jit(
+        lambda m, o, k: allocate(
+            m,
+            o,
+            k,
+            method="mars",
+            num_draws=40,
+            max_per_source=4,
+            temperature=config.refine.temperature,
+        )
     )
-    budgets = [np.asarray(allocate(m, data.pool.offsets, key).budgets) for m in (warm0, warm1)]
+    budgets = [np.asarray(mars(m, data.pool.offsets, key).budgets) for m in (warm0, warm1)]
     params0, params1 = state0.train.params, state1.train.params
     return {
         "params": {
@@ -145,7 +151,7 @@ def operator_checks(placement: Placement, *, curvature: bool) -> dict:
     placed_params = placement.put_params(params)
     loss1, grads1 = value_and_grad(placed_params, placed)
 
-    hvp = jax.jit(hessian_vector_product(bradley_terry_loss_fn(trainer.reward_fn)))
+    hvp = jax.jit(hessian_vector_product(pairwise_loss_fn(trainer.reward_fn)))
     vector = tree_random_like(jax.random.key(2), params, kind="normal")
     product0 = hvp(params, pairs, vector)
     product1 = hvp(placed_params, placed, placement.put_params(vector))

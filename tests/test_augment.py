@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mars_jax.augment.builder import AugmentSettings, build_pool
-from mars_jax.augment.cheap import make_cheap_pool, mixup_pool
 from mars_jax.augment.paraphrase import (
     PROMPT_TEMPLATE,
     ParaphraseSettings,
@@ -31,7 +30,9 @@ from mars_jax.augment.paraphrase import (
     source_token_limit,
     truncate_source,
 )
-from mars_jax.augment.pool import (
+from mars_jax.augment.semantic import response_distances, semantic_refine
+from mars_jax.data.cheap_pools import make_cheap_pool, mixup_pool
+from mars_jax.data.pool import (
     PoolPair,
     base_key,
     chunk_path,
@@ -40,7 +41,6 @@ from mars_jax.augment.pool import (
     read_pool,
     write_chunk,
 )
-from mars_jax.augment.semantic import response_distances, semantic_refine
 from mars_jax.data.table import PairTable
 from mars_jax.errors import MarsError
 

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 
 from mars_jax.augment import generator as generators
-from mars_jax.augment.pool import base_key, read_pool
 from mars_jax.checkpoint import load_params
-from mars_jax.cli import main
-from mars_jax.config import load_config
-from mars_jax.data.text import build_text_data, select_base_pairs
-from mars_jax.experiment import build_data
-from mars_jax.models.embeddings import finetune_reward_model, load_tokenizer, tokenize_pairs
+from mars_jax.data.pool import base_key, read_pool
+from mars_jax.data.selection import select_base_pairs
+from mars_jax.models.finetune import finetune_reward_model
 from mars_jax.models.heads import init_members
+from mars_jax.models.tokenize import load_tokenizer, tokenize_pairs
+from mars_jax.runner.cli import main
+from mars_jax.runner.config import load_config
+from mars_jax.runner.data import build_data, text_settings
 
 
 def _load(name: str):
@@ -93,7 +94,7 @@ def pool_dir(setup):
 def test_augment_builds_the_pool_of_the_runs_base_pairs(setup, pool_dir, capsys, fake_generator):
     _root, overrides = setup
     config = load_config(None, overrides)
-    base = select_base_pairs(config).base
+    base = select_base_pairs(text_settings(config)).base
     pool = read_pool(pool_dir)
     keys = {base_key(*t) for t in zip(base.prompt, base.chosen, base.rejected, strict=True)}
     assert pool.done == keys and len(keys) == 30
@@ -155,8 +156,8 @@ def test_run_uses_the_pool_directory(setup, pool_dir):
 
 def test_pool_pairs_follow_flipped_labels(setup, pool_dir):
     _, overrides = setup
-    clean, _ = build_text_data(load_config(None, [*overrides, f"data.pool={pool_dir}"]))
-    noisy, info = build_text_data(
+    clean, _ = build_data(load_config(None, [*overrides, f"data.pool={pool_dir}"]))
+    noisy, info = build_data(
         load_config(None, [*overrides, f"data.pool={pool_dir}", "data.label_flip_rate=0.2"])
     )
     assert info["num_flipped"] == 6
@@ -191,9 +192,9 @@ def test_pool_for_other_data_or_a_bad_path_fails_before_output(setup, tmp_path, 
 
 def test_mixup_pool_in_text_and_synthetic_runs(setup):
     _, overrides = setup
-    data, info = build_text_data(load_config(None, [*overrides, "data.pool=mixup"]))
+    data, info = build_data(load_config(None, [*overrides, "data.pool=mixup"]))
     assert info["pool"] == "mixup" and data.pool.chosen.shape == (30 * 4, 32)
-    perturb, _ = build_text_data(load_config(None, overrides))
+    perturb, _ = build_data(load_config(None, overrides))
     assert not np.allclose(np.asarray(perturb.pool.chosen), np.asarray(data.pool.chosen))
 
     synthetic, synthetic_info = build_data(load_config("configs/tiny.toml", ["data.pool=mixup"]))
@@ -247,7 +248,7 @@ def test_token_data_matches_the_tokenizer_and_follows_flipped_labels(setup, pool
     assert clean.pool.chosen["attention_mask"].shape == (120, 32)
     assert clean.heldout.rejected["input_ids"].shape == (20, 32)
     assert info["base_pairs_with_pool_pairs"] == 30
-    base = select_base_pairs(load_config(None, argv)).base
+    base = select_base_pairs(text_settings(load_config(None, argv))).base
     expected = tokenize_pairs(
         load_tokenizer(root / "bert"), base.prompt[:3], base.chosen[:3], max_length=32
     )

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from mars_jax.cli import main
-from mars_jax.config import config_to_dict, load_config
+from mars_jax.runner.cli import main
+from mars_jax.runner.config import config_to_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.toml")
@@ -225,7 +225,7 @@ def test_bad_input_in_a_real_process_shows_no_traceback(case, run_dir, bad):
     _, argv, expected = next(c for c in CASES if c[0] == case)
     before = _digest(run_dir)
     result = subprocess.run(
-        [sys.executable, "-m", "mars_jax.cli", *_fill(argv, run_dir, bad)],
+        [sys.executable, "-m", "mars_jax.runner.cli", *_fill(argv, run_dir, bad)],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"},

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mars_jax.cli import main
-from mars_jax.config import config_from_dict, load_config
+from mars_jax.runner.cli import main
+from mars_jax.runner.config import config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.toml")
@@ -85,7 +85,7 @@ def test_bad_input_in_a_real_process_shows_no_traceback(tmp_path):
     bad.write_text(f'extends = "{base}"\n[refine]\nbudget = "lots"\n')
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "mars_jax.cli", "run", str(bad)],
+        [sys.executable, "-m", "mars_jax.runner.cli", "run", str(bad)],
         capture_output=True,
         text=True,
         env=env,

@@ -1,4 +1,4 @@
-"""Tests of mars_jax.config: loading, extends, overrides, validation messages, round trips."""
+"""mars_jax.runner.config: loading, extends, overrides, validation messages, round trips."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from mars_jax.config import (
+from mars_jax.errors import MarsError
+from mars_jax.runner.config import (
     Config,
     ConfigError,
     config_from_dict,
@@ -19,7 +20,6 @@ from mars_jax.config import (
     describe_config,
     load_config,
 )
-from mars_jax.errors import MarsError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -13,7 +13,6 @@ from conftest import symmetric_matrix
 from jax.flatten_util import ravel_pytree
 
 from mars_jax.curvature import (
-    bradley_terry_loss_fn,
     dense_matvec,
     hessian_vector_product,
     lanczos_eigenvalues,
@@ -23,6 +22,7 @@ from mars_jax.curvature import (
     tree_norm,
     tree_random_like,
 )
+from mars_jax.losses import pairwise_loss_fn
 from mars_jax.models.heads import mlp_reward_model
 from mars_jax.types import PairBatch
 
@@ -109,7 +109,7 @@ def test_estimators_on_an_mlp_hessian_match_eigh(x64):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), model.init(jax.random.key(5)))
     features = jax.random.normal(jax.random.key(6), (2, 6, 3), jnp.float64)
     batch = PairBatch(features[0], features[1], jnp.ones(6, jnp.float64))
-    loss_fn = bradley_terry_loss_fn(model.reward_fn)
+    loss_fn = pairwise_loss_fn(model.reward_fn)
 
     @jax.jit
     def curvature(params, batch, key):

@@ -15,17 +15,12 @@ import numpy as np
 import pytest
 
 from mars_jax.errors import MarsError
-from mars_jax.models import embeddings, pretrained
+from mars_jax.models import pretrained, tokenize
 from mars_jax.models.bert import BertEncoder, load_bert, pool
-from mars_jax.models.embeddings import (
-    EmbeddingCache,
-    TextEncoder,
-    bucket_lengths,
-    embed_with_cache,
-    finetune_reward_model,
-    load_tokenizer,
-    tokenize_pairs,
-)
+from mars_jax.models.embedding_cache import EmbeddingCache, embed_with_cache
+from mars_jax.models.encoder import TextEncoder
+from mars_jax.models.finetune import finetune_reward_model
+from mars_jax.models.tokenize import bucket_lengths, load_tokenizer, tokenize_pairs
 
 _spec = importlib.util.spec_from_file_location(
     "tiny_bert", Path(__file__).with_name("test_bert.py")
@@ -55,7 +50,7 @@ def encoder(folder):
 
 
 def test_docstring_examples():
-    result = doctest.testmod(embeddings)
+    result = doctest.testmod(tokenize)
     assert result.attempted > 0
     assert result.failed == 0
 

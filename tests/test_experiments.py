@@ -13,8 +13,8 @@ import pytest
 from conftest import load_benchmark
 
 from mars_jax.augment import generator as generators
-from mars_jax.cli import main as cli_main
 from mars_jax.errors import MarsError
+from mars_jax.runner.cli import main as cli_main
 
 experiments = load_benchmark("experiments")
 make_report = load_benchmark("make_report")

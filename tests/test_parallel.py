@@ -23,10 +23,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from mars_jax.cli import main
-from mars_jax.config import ConfigError, load_config
 from mars_jax.errors import MarsError
-from mars_jax.experiment import build_data, build_trainer, mesh_settings, refine_settings
 from mars_jax.models.heads import init_members
 from mars_jax.parallel import (
     MeshSettings,
@@ -39,7 +36,11 @@ from mars_jax.parallel import (
     param_spec,
     placement_for,
 )
-from mars_jax.refine import Refiner
+from mars_jax.runner.cli import main
+from mars_jax.runner.config import ConfigError, load_config
+from mars_jax.runner.data import build_data
+from mars_jax.runner.experiment import build_refiners, build_trainer
+from mars_jax.settings import settings_from
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +131,7 @@ def test_cli_run_on_8_devices_matches_one_device(sharded):
 
 def test_one_device_is_the_unsharded_path():
     config = load_config(None, ["parallel.enabled=true"])
-    assert placement_for(mesh_settings(config)) is None
+    assert placement_for(settings_from(MeshSettings, config.parallel)) is None
     assert placement_for(MeshSettings(enabled=False)) is None
 
 
@@ -154,7 +155,7 @@ def test_one_device_mesh_gives_identical_results():
     key = jax.random.key(0)
     results = []
     for where in (None, placement):
-        refiner = Refiner(trainer, refine_settings(config, "mars"), placement=where)
+        refiner = build_refiners(config, trainer, where)["mars"]
         state = refiner.init(key, init_members(model, key, 1), data)
         results.append(refiner.run_round(state, data))
     (state0, summary0), (state1, summary1) = results

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from mars_jax.plots import plot_accuracy, plot_margin_histograms, plot_metric_rounds
+from mars_jax.runner.plots import plot_accuracy, plot_margin_histograms, plot_metric_rounds
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

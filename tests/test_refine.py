@@ -9,11 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mars_jax.config import load_config
-from mars_jax.experiment import build_data, build_trainer, refine_settings
+from mars_jax.allocation import allocate
 from mars_jax.losses import bradley_terry_loss
 from mars_jax.models.heads import init_members
-from mars_jax.refine import Refiner, allocate_round, margin_distance
+from mars_jax.refine import Refiner, margin_distance
+from mars_jax.runner.config import load_config
+from mars_jax.runner.data import build_data
+from mars_jax.runner.experiment import build_refiners, build_trainer
 
 SMALL = [
     "data.num_base_pairs=300",
@@ -35,21 +37,27 @@ def small_setup(*overrides: str):
     return config, data, model, trainer
 
 
+def _refiner(config, trainer, method: str) -> Refiner:
+    """The run's refiner of ``method`` (whether or not the config lists it)."""
+    return build_refiners(config, trainer, methods=(method,))[method]
+
+
 def start(method: str, *overrides: str, seed: int = 0):
     config, data, model, trainer = small_setup(*overrides)
-    refiner = Refiner(trainer=trainer, settings=refine_settings(config, method))
-    params = init_members(model, jax.random.key(seed), refiner.settings.num_members)
+    refiner = _refiner(config, trainer, method)
+    params = init_members(model, jax.random.key(seed), refiner.num_members)
     return refiner, refiner.init(jax.random.key(seed + 1), params, data), data
 
 
 def allocate_now(refiner: Refiner, state, data, draw_count: int, priority=None):
-    return allocate_round(
+    return allocate(
         jnp.asarray(state.base_margins),
         data.pool.offsets,
         jax.random.key(0),
-        settings=refiner.settings,
-        draw_count=draw_count,
+        method=refiner.method,
+        num_draws=draw_count,
         max_per_source=int(np.diff(np.asarray(data.pool.offsets)).max()),
+        temperature=refiner.settings.temperature_of(refiner.method),
         priority=priority,
     )
 
@@ -57,7 +65,9 @@ def allocate_now(refiner: Refiner, state, data, draw_count: int, priority=None):
 def base_loss(refiner: Refiner, state, data) -> float:
     params = jax.tree.map(lambda leaf: leaf[0], state.train.params)
     sums = refiner.trainer.eval_step(params, data.base)
-    margins = refiner._member_margins(state.train.params, data.base.chosen, data.base.rejected)
+    margins = refiner.trainer.member_margins(
+        state.train.params, data.base.chosen, data.base.rejected
+    )
     assert float(sums.loss_sum / sums.count) == pytest.approx(
         float(jnp.mean(bradley_terry_loss(margins))), rel=1e-5
     )
@@ -118,7 +128,7 @@ def test_mars_budget_follows_small_margins():
 def test_west_of_n_draws_the_highest_margin_pool_pairs():
     refiner, state, data = start("west_of_n")
     pool = data.pool
-    priority = refiner._member_margins(state.train.params, pool.chosen, pool.rejected)[0]
+    priority = refiner.trainer.member_margins(state.train.params, pool.chosen, pool.rejected)[0]
     draws = allocate_now(refiner, state, data, 300, priority=priority).draws
     priority, offsets = np.asarray(priority), np.asarray(pool.offsets)
     indices, source = np.asarray(draws.indices), np.asarray(draws.source)
@@ -163,7 +173,7 @@ def test_stable_margins_stop_the_loop():
 
 def test_no_warmup_starts_from_the_initial_parameters():
     config, data, model, trainer = small_setup("train.warmup_epochs=0")
-    refiner = Refiner(trainer=trainer, settings=refine_settings(config, "mars"))
+    refiner = _refiner(config, trainer, "mars")
     params = init_members(model, jax.random.key(0), 1)
     state = refiner.init(jax.random.key(1), params, data)
     for got, want in zip(jax.tree.leaves(state.train.params), jax.tree.leaves(params), strict=True):

@@ -1,6 +1,6 @@
 """Exact resume after SIGKILL, the run-directory lock, the NaN guard and metrics.jsonl repair.
 
-Runs go through the real CLI in subprocesses (``python -m mars_jax.cli``) sharing a JAX
+Runs go through the real CLI in subprocesses (``python -m mars_jax.runner.cli``) sharing a JAX
 persistent compilation cache, so only the first process pays for compilation. A resumed
 run must end bitwise equal to an uninterrupted one: the final parameters of every method
 and every metrics line apart from its timing fields.
@@ -24,9 +24,9 @@ import pytest
 
 from mars_jax.checkpoint import load_params, read_model_info
 from mars_jax.errors import MarsError
-from mars_jax.metrics_log import MetricsLog, read_records
 from mars_jax.models.heads import init_members, mlp_reward_model
-from mars_jax.run_lock import LOCK_NAME, RunLock
+from mars_jax.runner.locks import LOCK_NAME, RunLock
+from mars_jax.runner.logs import MetricsLog, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.toml")
@@ -49,7 +49,7 @@ NAN_DRIVER = """
 import sys
 import numpy as np
 from mars_jax import refine
-from mars_jax.cli import main
+from mars_jax.runner.cli import main
 
 calls = []
 real = refine.Refiner._train_chunk
@@ -83,7 +83,9 @@ def env(tmp_path_factory):
 
 
 def _command(out: Path, *extra: str, driver: str | None = None) -> list[str]:
-    head = [sys.executable, "-c", driver] if driver else [sys.executable, "-m", "mars_jax.cli"]
+    head = (
+        [sys.executable, "-c", driver] if driver else [sys.executable, "-m", "mars_jax.runner.cli"]
+    )
     return [*head, "run", *ARGS, "--out", str(out), "--quiet", *extra]
 
 
@@ -219,7 +221,7 @@ def test_lock_refuses_a_live_owner(tmp_path):
 
 
 def test_cli_refuses_a_locked_run_directory(tmp_path, capsys):
-    from mars_jax.cli import main
+    from mars_jax.runner.cli import main
 
     out = tmp_path / "run"
     out.mkdir()

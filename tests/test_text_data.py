@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mars_jax.cli import main
-from mars_jax.config import load_config
-from mars_jax.data.text import build_text_data
+from mars_jax.runner.cli import main
+from mars_jax.runner.config import load_config
+from mars_jax.runner.data import build_data
 
 _spec = importlib.util.spec_from_file_location(
     "tiny_bert", Path(__file__).with_name("test_bert.py")
@@ -66,7 +66,7 @@ def setup(tmp_path_factory):
 def test_build_reads_cleans_splits_embeds_and_augments(setup):
     _, overrides = setup
     config = load_config(None, overrides)
-    data, info = build_text_data(config)
+    data, info = build_data(config)
     assert info["pairs_read"] == 82
     assert info["cleaning"]["identical"] == 1 and info["cleaning"]["duplicate"] == 1
     assert info["num_base_pairs"] == 50 and info["num_heldout_pairs"] == 20
@@ -77,15 +77,15 @@ def test_build_reads_cleans_splits_embeds_and_augments(setup):
     np.testing.assert_allclose(features.mean(axis=0), 0.0, atol=1e-4)
     assert info["embedding_cache"]["misses"] > 0
 
-    again, again_info = build_text_data(config)
+    again, again_info = build_data(config)
     assert again_info["embedding_cache"]["misses"] == 0
     np.testing.assert_array_equal(np.asarray(again.base.chosen), np.asarray(data.base.chosen))
 
 
 def test_label_flips_swap_the_embeddings(setup):
     _, overrides = setup
-    clean, _ = build_text_data(load_config(None, overrides))
-    noisy, info = build_text_data(load_config(None, [*overrides, "data.label_flip_rate=0.2"]))
+    clean, _ = build_data(load_config(None, overrides))
+    noisy, info = build_data(load_config(None, [*overrides, "data.label_flip_rate=0.2"]))
     assert info["num_flipped"] == 10
     difference = np.abs(np.asarray(noisy.base.chosen) - np.asarray(clean.base.rejected))
     swapped = np.all(difference < 1e-4, axis=1)

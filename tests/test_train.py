@@ -7,16 +7,12 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from mars_jax.losses import LossSettings, pairwise_loss
 from mars_jax.models.heads import init_members, mlp_reward_model
-from mars_jax.train import (
-    LossSettings,
-    OptimizerSettings,
-    Trainer,
-    learning_rate_at,
-    pairwise_loss,
-)
+from mars_jax.train import OptimizerSettings, Trainer, learning_rate_at
 from mars_jax.types import PairBatch
 
 
@@ -52,7 +48,7 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 
 def test_train_steps_lower_the_loss_and_raise_accuracy():
     batch = separable_batch()
-    trainer = Trainer(reward_fn=linear_reward, optimizer=OptimizerSettings(learning_rate=0.05))
+    trainer = Trainer.adamw(linear_reward, optimizer=OptimizerSettings(learning_rate=0.05))
     state = trainer.init_state({"w": jnp.zeros(4)}, num_steps=50)
     step = jax.jit(trainer.train_step, donate_argnums=0)
     first_loss = None
@@ -75,7 +71,7 @@ def test_jitted_train_step_does_not_recompile_on_second_call():
         traces.append(1)
         return linear_reward(params, features)
 
-    trainer = Trainer(reward_fn=counted_reward)
+    trainer = Trainer.adamw(counted_reward)
     step = jax.jit(trainer.train_step, donate_argnums=0)
     state = trainer.init_state({"w": jnp.zeros(4)}, num_steps=3)
     state, _ = step(state, separable_batch(seed=1))
@@ -120,23 +116,38 @@ def test_loss_variants_match_closed_forms():
     assert value(LossSettings(centering_coef=0.2)) == pytest.approx(np.mean(centred), rel=1e-5)
 
 
-def test_gradient_clipping_bounds_the_first_update():
+def test_gradient_clipping_clips_the_gradient_adam_sees():
     batch = separable_batch()
     big = batch._replace(chosen=batch.chosen * 1e4, rejected=batch.rejected * 1e4)
-    trainer = Trainer(
-        reward_fn=linear_reward,
-        optimizer=OptimizerSettings(learning_rate=0.1, warmup_fraction=0.0, weight_decay=0.0),
+    trainer = Trainer.adamw(
+        linear_reward,
+        optimizer=OptimizerSettings(grad_clip_norm=1.0, warmup_fraction=0.0, weight_decay=0.0),
     )
     state = trainer.init_state({"w": jnp.zeros(4)}, num_steps=1)
-    new_state, _ = trainer.train_step(state, big)
-    # Adam's first step moves each coordinate by at most the learning rate.
-    assert float(jnp.max(jnp.abs(new_state.params["w"]))) <= 0.1 + 1e-6
-    assert np.all(np.isfinite(np.asarray(new_state.params["w"])))
+    new_state, stats = trainer.train_step_with_stats(state, big)
+    assert float(stats.grad_norm) > 100.0  # the raw gradient is far above the clip norm
+    # Adam's first moment after one step is (1 - b1) = 0.1 times the gradient it was given.
+    first_moment = new_state.opt_state[1].mu
+    assert float(optax.tree.norm(first_moment)) == pytest.approx(0.1 * 1.0, rel=1e-5)
+
+
+def test_any_optax_optimizer_applies_its_own_updates():
+    batch = separable_batch(16)
+    params = {"w": jnp.linspace(-0.5, 0.5, 4)}
+    trainer = Trainer(linear_reward, optax.sgd(0.3))
+    state = trainer.init_state(params)
+    new_state, _ = trainer.train_step(state, batch)
+    grads = jax.grad(
+        lambda p: pairwise_loss(p, batch, reward_fn=linear_reward, loss=LossSettings())[0]
+    )(params)
+    np.testing.assert_allclose(
+        np.asarray(new_state.params["w"]), np.asarray(params["w"] - 0.3 * grads["w"]), rtol=1e-6
+    )
 
 
 def test_train_chunk_with_inactive_steps_equals_fewer_plain_steps():
     model = mlp_reward_model(4, [8])
-    trainer = Trainer(reward_fn=model.reward_fn)
+    trainer = Trainer.adamw(model.reward_fn)
     params = init_members(model, jax.random.key(0), 2)
     state = jax.vmap(trainer.init_state)(params)
     pairs = separable_batch(64)

@@ -1,6 +1,6 @@
 """Build a paraphrase pool for a table of base pairs, chunk by chunk, resumable.
 
-The base pairs (deduplicated by :func:`~mars_jax.augment.pool.base_key`) are processed in
+The base pairs (deduplicated by :func:`~mars_jax.data.pool.base_key`) are processed in
 table order in chunks of ``chunk_size``. For each chunk: the optional semantic step rewrites
 close pairs' chosen responses (:mod:`mars_jax.augment.semantic`, with the mean distance over
 all base pairs as threshold), then prompts, chosen and rejected texts are paraphrased
@@ -37,7 +37,13 @@ from mars_jax.augment.paraphrase import (
     derive_seed,
     paraphrase_texts,
 )
-from mars_jax.augment.pool import (
+from mars_jax.augment.semantic import (
+    SEMANTIC_TEMPLATE,
+    Embed,
+    response_distances,
+    semantic_refine,
+)
+from mars_jax.data.pool import (
     PoolPair,
     base_keys,
     chunk_numbers,
@@ -49,14 +55,9 @@ from mars_jax.augment.pool import (
     write_chunk,
     write_manifest,
 )
-from mars_jax.augment.semantic import (
-    SEMANTIC_TEMPLATE,
-    Embed,
-    response_distances,
-    semantic_refine,
-)
 from mars_jax.data.table import PairTable
 from mars_jax.errors import MarsError
+from mars_jax.settings import setting
 
 __all__ = ["AugmentSettings", "BuildReport", "build_pool", "file_digests"]
 
@@ -68,12 +69,14 @@ _COMPARED = ("generator", "settings", "sources", "selection")
 class AugmentSettings:
     """What a pool build does per base pair (recorded in the manifest)."""
 
-    prompt_paraphrases: int = 5
-    chosen_paraphrases: int = 5
-    rejected_paraphrases: int = 5
-    seed: int = 0
-    chunk_size: int = 32
-    semantic: bool = False
+    prompt_paraphrases: int = setting(5, "paraphrases of each prompt", min=1)
+    chosen_paraphrases: int = setting(5, "paraphrases of each chosen response", min=1)
+    rejected_paraphrases: int = setting(5, "paraphrases of each rejected response", min=1)
+    seed: int = setting(0, "seed of the paraphrase samples", min=0)
+    chunk_size: int = setting(32, "base pairs per chunk file (the unit of resuming)", min=1)
+    semantic: bool = setting(
+        False, "first rewrite pairs whose responses are closer than the mean (v2 method)"
+    )
     paraphrase: ParaphraseSettings = field(default_factory=ParaphraseSettings)
 
     def to_json(self) -> dict[str, Any]:
@@ -287,7 +290,7 @@ def build_pool(
     manifest.update(complete=False, counts=_counts(chunks, keys))
     write_manifest(out, manifest)
 
-    from mars_jax.models.embeddings import progress_bar  # imports transformers: only here
+    from mars_jax.progress import progress_bar
 
     todo = [row for key, row in first_row.items() if key not in done]
     number = 1 + max(chunk_numbers(out), default=-1)

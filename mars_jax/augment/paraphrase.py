@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from mars_jax.augment.generator import TextGenerator
+from mars_jax.settings import setting
 
 __all__ = [
     "LENGTH_SLACK",
@@ -72,13 +73,21 @@ LENGTH_SLACK = 16
 class ParaphraseSettings:
     """Sampling, filter and retry settings of paraphrase requests."""
 
-    max_new_tokens: int = 256
-    temperature: float = 0.8
-    top_p: float = 0.95
-    min_length_ratio: float = 0.5
-    max_length_ratio: float = 2.0
-    max_retries: int = 2
-    max_source_tokens: int = 384
+    max_new_tokens: int = setting(
+        256, "cap on new tokens per paraphrase (sized from the source below the cap)", min=1
+    )
+    temperature: float = setting(0.8, "sampling temperature", min_exclusive=0)
+    top_p: float = setting(0.95, "nucleus sampling mass", min_exclusive=0, max=1)
+    min_length_ratio: float = setting(
+        0.5, "shortest accepted paraphrase, as a fraction of the source's length", min=0
+    )
+    max_length_ratio: float = setting(
+        2.0, "longest accepted paraphrase, as a multiple of the source's length", min_exclusive=0
+    )
+    max_retries: int = setting(2, "extra sampling rounds for rejected paraphrases", min=0)
+    max_source_tokens: int = setting(
+        384, "longer sources (estimated tokens) are cut for paraphrasing (0: never)", min=0
+    )
 
 
 class ParaphraseResult(NamedTuple):

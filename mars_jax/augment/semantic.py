@@ -11,18 +11,17 @@ otherwise the pair keeps its chosen response.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from mars_jax.augment.generator import TextGenerator
 from mars_jax.augment.paraphrase import clean_output, new_token_budget, truncate_source
+from mars_jax.types import Embed
 
 __all__ = ["SEMANTIC_TEMPLATE", "SemanticResult", "response_distances", "semantic_refine"]
 
-Embed = Callable[[Sequence[str]], np.ndarray]
-"""``embed(texts) -> [N, D]`` sentence embeddings."""
 
 SEMANTIC_TEMPLATE = (
     "Here is a request and two answers to it. Rewrite the better answer so that it is "

@@ -8,7 +8,11 @@ return small result tuples with a ``to_json()``:
 - :func:`power_iteration`, :func:`smallest_eigenvalue` -> :class:`PowerResult`;
 - :func:`lanczos` -> :class:`LanczosResult`, :func:`lanczos_eigenvalues` -> :class:`RitzResult`;
 - :func:`hutchinson_trace`, :func:`hutch_plus_plus` -> :class:`TraceResult`;
-- :func:`spectral_density` (stochastic Lanczos quadrature) -> :class:`SpectralDensity`.
+- :func:`spectral_density` (stochastic Lanczos quadrature) -> :class:`SpectralDensity`;
+- :class:`CurvatureReporter` / :func:`curvature_report`: all of them on named subsets of
+  pairs of a reward model -> :class:`CurvatureReport`.
+
+The loss itself comes from :mod:`mars_jax.losses` (:func:`~mars_jax.losses.pairwise_loss_fn`).
 
 Nothing here is jitted at definition time; integer hyperparameters (``num_iters``,
 ``order``, ``num_probes``, ...) are keyword-only and must be static under ``jit``. Vectors
@@ -41,14 +45,19 @@ from mars_jax.curvature.krylov import (
     tridiagonal_eigh,
 )
 from mars_jax.curvature.operators import (
-    bradley_terry_loss_fn,
     gauss_newton_vector_product,
     hessian_vector_product,
     linear_head_hessian,
-    loss_curvature,
     mean_weights,
 )
 from mars_jax.curvature.power import PowerResult, power_iteration, smallest_eigenvalue
+from mars_jax.curvature.report import (
+    OPERATORS,
+    CurvatureReport,
+    CurvatureReporter,
+    CurvatureSettings,
+    curvature_report,
+)
 from mars_jax.curvature.trace import TraceResult, hutch_plus_plus, hutchinson_trace
 from mars_jax.curvature.trees import (
     tree_axpy,
@@ -59,12 +68,16 @@ from mars_jax.curvature.trees import (
 )
 
 __all__ = [
+    "OPERATORS",
+    "CurvatureReport",
+    "CurvatureReporter",
+    "CurvatureSettings",
     "LanczosResult",
     "PowerResult",
     "RitzResult",
     "SpectralDensity",
     "TraceResult",
-    "bradley_terry_loss_fn",
+    "curvature_report",
     "dense_matvec",
     "gauss_newton_vector_product",
     "gaussian_density",
@@ -75,7 +88,6 @@ __all__ = [
     "lanczos_eigenvalues",
     "lanczos_quadrature",
     "linear_head_hessian",
-    "loss_curvature",
     "materialize",
     "mean_weights",
     "power_iteration",

@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -27,11 +26,10 @@ import jax.numpy as jnp
 from mars_jax.curvature._json import to_builtin
 from mars_jax.curvature.krylov import lanczos, tridiagonal_eigh
 from mars_jax.curvature.trees import tree_random_like
-from mars_jax.types import PyTree
+from mars_jax.types import Matvec, PyTree
 
 __all__ = ["SpectralDensity", "gaussian_density", "lanczos_quadrature", "spectral_density"]
 
-Matvec = Callable[[PyTree], PyTree]
 SIGMA_FRACTION = 0.02
 GRID_PAD_SIGMAS = 4.0
 

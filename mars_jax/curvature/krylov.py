@@ -22,7 +22,6 @@ each of them Ritz values of ``A``; no NaN arises.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -41,7 +40,7 @@ from mars_jax.curvature.trees import (
     tree_random_like,
     tree_size,
 )
-from mars_jax.types import PyTree
+from mars_jax.types import Matvec, PyTree
 
 __all__ = [
     "LanczosResult",
@@ -51,7 +50,6 @@ __all__ = [
     "tridiagonal_eigh",
 ]
 
-Matvec = Callable[[PyTree], PyTree]
 WHICH = ("largest", "smallest", "magnitude")
 _RESTART_SEED = 0x5EED
 

@@ -13,56 +13,31 @@ fixed features), where :func:`linear_head_hessian` gives both in closed form.
 Example:
   >>> import jax, jax.numpy as jnp
   >>> from mars_jax.models.heads import mlp_reward_model
+  >>> from mars_jax.losses import pairwise_loss_fn
   >>> from mars_jax.types import PairBatch
   >>> model = mlp_reward_model(3, [])
   >>> params = model.init(jax.random.key(0))
   >>> batch = PairBatch(jnp.ones((2, 3)), jnp.zeros((2, 3)), jnp.ones(2))
-  >>> hvp = hessian_vector_product(bradley_terry_loss_fn(model.reward_fn))
+  >>> hvp = hessian_vector_product(pairwise_loss_fn(model.reward_fn))
   >>> jax.tree.map(jnp.shape, hvp(params, batch, params))
   {'output': {'bias': (1,), 'kernel': (3, 1)}}
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 
+from mars_jax.losses import LossSettings, loss_second_derivative
 from mars_jax.margins import pair_margins
-from mars_jax.train import LossSettings, pairwise_loss
-from mars_jax.types import PairBatch, PyTree
+from mars_jax.types import LossFn, Operator, PairBatch, PyTree, RewardFn
 
 __all__ = [
-    "LossFn",
-    "Operator",
-    "bradley_terry_loss_fn",
     "gauss_newton_vector_product",
     "hessian_vector_product",
     "linear_head_hessian",
-    "loss_curvature",
     "mean_weights",
 ]
-
-RewardFn = Callable[[PyTree, PyTree], jax.Array]
-LossFn = Callable[[PyTree, PairBatch], jax.Array]
-Operator = Callable[[PyTree, PairBatch, PyTree], PyTree]
-
-LOSS_KINDS = ("bradley_terry", "hinge")
-DEFAULT_LOSS = LossSettings()
-
-
-def bradley_terry_loss_fn(reward_fn: RewardFn, *, loss: LossSettings = DEFAULT_LOSS) -> LossFn:
-    """The training loss as ``loss_fn(params, batch) -> scalar``.
-
-    Wraps :func:`mars_jax.train.pairwise_loss` (Bradley-Terry by default; ``loss`` selects
-    target margin, label smoothing, reward centering or the hinge loss), dropping the margins.
-    """
-
-    def loss_fn(params: PyTree, batch: PairBatch) -> jax.Array:
-        return pairwise_loss(params, batch, reward_fn=reward_fn, loss=loss)[0]
-
-    return loss_fn
 
 
 def hessian_vector_product(loss_fn: LossFn) -> Operator:
@@ -100,28 +75,14 @@ def mean_weights(weight: jax.Array | None, num_pairs: int, dtype: jnp.dtype) -> 
     return jnp.where(positive, weight / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def loss_curvature(margins: jax.Array, *, loss: LossSettings = DEFAULT_LOSS) -> jax.Array:
-    """Second derivative ``h_i = l''(m_i)`` of the per-pair loss in its margin, ``[B]``.
-
-    Bradley-Terry: ``sigmoid(m - gamma) sigmoid(gamma - m)``. Label smoothing mixes
-    ``softplus(gamma - m)`` and ``softplus(m - gamma)``, which have the same second
-    derivative, so it leaves ``h`` unchanged. Hinge: 0 (piecewise linear in the margin).
-    """
-    if loss.kind not in LOSS_KINDS:
-        raise ValueError(f"loss.kind must be one of {LOSS_KINDS}, got {loss.kind!r}")
-    if loss.kind == "hinge":
-        return jnp.zeros_like(margins)
-    shifted = margins - loss.target_margin
-    return jax.nn.sigmoid(shifted) * jax.nn.sigmoid(-shifted)
-
-
 def gauss_newton_vector_product(
-    reward_fn: RewardFn, *, loss: LossSettings = DEFAULT_LOSS
+    reward_fn: RewardFn, *, loss: LossSettings = LossSettings()
 ) -> Operator:
     """Generalised Gauss-Newton products ``G v`` of the weighted mean pairwise loss.
 
-    With ``J`` the Jacobian ``[B, P]`` of the margins, ``h`` from :func:`loss_curvature` and
-    ``a_i`` from :func:`mean_weights`, ``G v = J^T diag(a h) J v``: ``J v`` by ``jax.jvp``,
+    With ``J`` the Jacobian ``[B, P]`` of the margins, ``h`` the loss's second derivative
+    (:func:`mars_jax.losses.loss_second_derivative`) and ``a_i`` from :func:`mean_weights`,
+    ``G v = J^T diag(a h) J v``: ``J v`` by ``jax.jvp``,
     ``J^T u`` by ``jax.vjp``, never forming ``J``. With reward centering
     (``loss.centering_coef = c > 0``) the penalty ``c (r+ + r-)^2`` is quadratic in the
     rewards, so its exact Gauss-Newton term ``2 c K^T diag(a) K v`` is added, ``K`` the
@@ -133,13 +94,11 @@ def gauss_newton_vector_product(
 
     Args:
       reward_fn: ``reward_fn(params, inputs) -> rewards[N]``.
-      loss: loss settings, as for training; ``kind`` is "bradley_terry" or "hinge".
+      loss: loss settings, as for training.
 
     Returns:
       ``ggn(params, batch, vector) -> G vector``, a pytree like ``params``.
     """
-    if loss.kind not in LOSS_KINDS:
-        raise ValueError(f"loss.kind must be one of {LOSS_KINDS}, got {loss.kind!r}")
     centering = float(loss.centering_coef)
 
     def ggn(params: PyTree, batch: PairBatch, vector: PyTree) -> PyTree:
@@ -152,7 +111,7 @@ def gauss_newton_vector_product(
         primal, tangent = jax.jvp(outputs, (params,), (vector,))
         margins = primal[0]
         weights = mean_weights(batch.weight, margins.shape[0], margins.dtype)
-        cotangent = (weights * loss_curvature(margins, loss=loss) * tangent[0],)
+        cotangent = (weights * loss_second_derivative(margins, loss=loss) * tangent[0],)
         if centering:
             cotangent = (*cotangent, 2.0 * centering * weights * tangent[1])
         _, pullback = jax.vjp(outputs, params)

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -23,11 +22,9 @@ import jax.numpy as jnp
 
 from mars_jax.curvature._json import to_builtin
 from mars_jax.curvature.trees import tree_axpy, tree_dot, tree_dtype, tree_norm, tree_normalize
-from mars_jax.types import PyTree
+from mars_jax.types import Matvec, PyTree
 
 __all__ = ["PowerResult", "power_iteration", "smallest_eigenvalue"]
-
-Matvec = Callable[[PyTree], PyTree]
 
 
 class PowerResult(NamedTuple):

@@ -30,11 +30,9 @@ from mars_jax.curvature.trees import (
     tree_dot,
     tree_random_like,
 )
-from mars_jax.types import PyTree
+from mars_jax.types import Matvec, PyTree
 
 __all__ = ["TraceResult", "hutch_plus_plus", "hutchinson_trace"]
-
-Matvec = Callable[[PyTree], PyTree]
 
 
 class TraceResult(NamedTuple):

@@ -13,128 +13,36 @@ base pair whose label was flipped is flipped too, since it inherits its base pai
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.augment.cheap import POOL_GENERATORS, make_cheap_pool
-from mars_jax.augment.pool import PoolContents, base_keys, read_pool
-from mars_jax.config import Config, ConfigError
-from mars_jax.data.formats import ReadResult, read_pairs
+from mars_jax.data.cheap_pools import make_cheap_pool
+from mars_jax.data.pool import PoolContents, base_keys
+from mars_jax.data.selection import (
+    TextDataSettings,
+    flip_labels,
+    read_pool_option,
+    select_base_pairs,
+    selection_info,
+)
 from mars_jax.data.table import (
-    CleaningReport,
     PairTable,
-    clean_pairs,
-    sample_pairs,
-    split_by_group,
 )
 from mars_jax.errors import MarsError
-from mars_jax.models.embeddings import EmbeddingCache, TextEncoder, embed_with_cache, pair_text
+from mars_jax.margins import response_pairs
+from mars_jax.models.embedding_cache import EmbeddingCache, embed_with_cache
+from mars_jax.models.encoder import TextEncoder
 from mars_jax.models.pretrained import resolve_encoder
+from mars_jax.models.tokenize import pair_text
 from mars_jax.refine import RefineData
-from mars_jax.types import PairBatch, Pool, PyTree
+from mars_jax.types import PairBatch, Pool, PyTree, ResponsePairs
 
-__all__ = [
-    "BaseSelection",
-    "build_text_data",
-    "directory_pool",
-    "flip_labels",
-    "read_pool_option",
-    "select_base_pairs",
-    "selection_info",
-]
-
-
-class BaseSelection(NamedTuple):
-    """The pairs a run uses, and how they were chosen from the files.
-
-    Attributes:
-      read: what the readers returned (all pairs, invalid-record counts).
-      cleaning: what cleaning dropped.
-      train: the training side of the split by prompt or post.
-      heldout: the held-out side.
-      base: the sampled base pairs (labels as read: before any flips).
-      held: the sampled held-out pairs.
-    """
-
-    read: ReadResult
-    cleaning: CleaningReport
-    train: PairTable
-    heldout: PairTable
-    base: PairTable
-    held: PairTable
-
-
-def flip_labels(table: PairTable, *, rate: float, seed: int) -> tuple[PairTable, np.ndarray]:
-    """Swap chosen and rejected in ``round(rate * B)`` random pairs (label noise).
-
-    Returns the table and the ``[B]`` bool mask of flipped pairs.
-    """
-    flipped = np.zeros(len(table), bool)
-    count = round(rate * len(table))
-    flipped[np.random.default_rng(seed).choice(len(table), count, replace=False)] = True
-    sides = list(zip(table.chosen, table.rejected, flipped, strict=True))
-    return dataclasses.replace(
-        table,
-        chosen=tuple(r if f else c for c, r, f in sides),
-        rejected=tuple(c if f else r for c, r, f in sides),
-        margin=np.where(flipped, -table.margin, table.margin),
-    ), flipped
-
-
-def select_base_pairs(config: Config) -> BaseSelection:
-    """Read, clean, split and sample the pairs of ``config.data.paths`` as a run does."""
-    data = config.data
-    read = read_pairs(
-        [Path(p) for p in data.paths], format=data.format, skip_invalid=data.skip_invalid
-    )
-    table, cleaning = clean_pairs(read.table)
-    train, heldout = split_by_group(table, heldout_fraction=data.heldout_fraction, seed=data.seed)
-    base = sample_pairs(train, max_pairs=data.num_base_pairs, seed=data.seed)
-    held = sample_pairs(heldout, max_pairs=data.num_heldout_pairs, seed=data.seed + 1)
-    if not len(base) or not len(held):
-        raise MarsError(
-            f"data.paths: {len(table)} usable pairs give {len(base)} base and {len(held)} "
-            "held-out pairs; both must be non-empty (check data.heldout_fraction)"
-        )
-    return BaseSelection(read, cleaning, train, heldout, base, held)
-
-
-def selection_info(config: Config, selection: BaseSelection, flipped: np.ndarray) -> dict[str, Any]:
-    """JSON-able description of the files read, the cleaning, the split and the label flips."""
-    read = selection.read
-    return {
-        "suite": "pairs",
-        "paths": list(config.data.paths),
-        "pairs_read": len(read.table),
-        "invalid_records": read.invalid,
-        "invalid_examples": list(read.first_errors),
-        "ranked_ties_skipped": read.ties,
-        "cleaning": selection.cleaning.to_json(),
-        "train_side_pairs": len(selection.train),
-        "heldout_side_pairs": len(selection.heldout),
-        "num_base_pairs": len(selection.base),
-        "num_heldout_pairs": len(selection.held),
-        "num_flipped": int(flipped.sum()),
-    }
-
-
-def read_pool_option(config: Config) -> PoolContents | None:
-    """The pool directory named by ``data.pool``, or None for a cheap generator's name."""
-    pool = config.data.pool
-    if pool in POOL_GENERATORS:
-        return None
-    if not Path(pool).expanduser().is_dir():
-        raise ConfigError(
-            f"data.pool: {pool!r} is neither one of {', '.join(POOL_GENERATORS)} "
-            "nor a pool directory"
-        )
-    return read_pool(Path(pool).expanduser())
+__all__ = ["build_text_data", "directory_pool"]
 
 
 def directory_pool(
@@ -180,11 +88,12 @@ def directory_pool(
     return pool, info
 
 
-def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
-    """The run's data from the preference files in ``config.data.paths``."""
-    data = config.data
-    contents = read_pool_option(config)
-    selection = select_base_pairs(config)
+def build_text_data(
+    data: TextDataSettings, *, progress: bool = False
+) -> tuple[RefineData, dict[str, Any]]:
+    """The run's data from the preference files in ``data.paths`` (progress bars optional)."""
+    contents = read_pool_option(data.pool)
+    selection = select_base_pairs(data)
     base, flipped = flip_labels(selection.base, rate=data.label_flip_rate, seed=data.seed)
     held = selection.held
 
@@ -207,7 +116,7 @@ def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
         texts,
         cache,
         batch_size=data.embed_batch_size,
-        progress=config.output.progress,
+        progress=progress,
     )
     num_base, num_held = len(base), len(held)
     base_chosen, base_rejected, held_chosen, held_rejected = np.split(
@@ -223,6 +132,7 @@ def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
         return PairBatch(features(chosen), features(rejected), jnp.ones(len(chosen), jnp.float32))
 
     base_pairs = pairs(base_chosen, base_rejected)
+    base_responses = _response_pairs(texts[: 2 * num_base], base_features, features)
     pool_info: dict[str, Any] = {"pool": data.pool}
     if contents is None:
         pool = make_cheap_pool(
@@ -243,7 +153,7 @@ def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
                 texts,
                 cache,
                 batch_size=data.embed_batch_size,
-                progress=config.output.progress,
+                progress=progress,
             )
             pool_info["pool_embedding_cache"] = {"hits": stats.hits, "misses": stats.misses}
             return features(found)
@@ -251,11 +161,32 @@ def build_text_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
         pool, found_info = directory_pool(contents, selection.base, flipped, embed, separator)
         pool_info |= found_info
     info = {
-        **selection_info(config, selection, flipped),
+        **selection_info(data.paths, selection, flipped),
         "num_pool_pairs": int(pool.source.shape[0]),
         **pool_info,
         "encoder": encoder.identity,
         "embedding_cache": {"hits": cache_stats.hits, "misses": cache_stats.misses},
         "feature_dim": int(vectors.shape[1]),
     }
-    return RefineData(base=base_pairs, pool=pool, heldout=pairs(held_chosen, held_rejected)), info
+    if base_responses is not None:
+        info["num_base_responses"] = int(base_responses.responses.shape[0])
+    heldout = pairs(held_chosen, held_rejected)
+    return RefineData(base_pairs, pool, heldout, base_responses), info
+
+
+def _response_pairs(
+    texts: list[str], vectors: np.ndarray, features: Callable[[np.ndarray], jnp.ndarray]
+) -> ResponsePairs | None:
+    """The base pairs as rows of their distinct responses, when some response is in several
+    pairs (ranked data: ``K`` responses per prompt); else None.
+
+    Args:
+      texts: ``[2N]`` the pairs' chosen texts, then their rejected texts.
+      vectors: ``[2N, D]`` their embeddings, in the same order.
+      features: embeddings to model inputs.
+    """
+    count = len(texts) // 2
+    first, chosen, rejected = response_pairs(texts[:count], texts[count:])
+    if len(first) == len(texts):
+        return None
+    return ResponsePairs(features(vectors[first]), jnp.asarray(chosen), jnp.asarray(rejected))

@@ -16,33 +16,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.config import Config, ConfigError
-from mars_jax.data.table import PairTable
-from mars_jax.data.text import (
-    directory_pool,
+from mars_jax.data.selection import (
+    TextDataSettings,
     flip_labels,
     read_pool_option,
     select_base_pairs,
     selection_info,
 )
-from mars_jax.models.embeddings import load_tokenizer, pair_text, tokenize_texts
+from mars_jax.data.table import PairTable
+from mars_jax.data.text import directory_pool
+from mars_jax.errors import MarsError
 from mars_jax.models.pretrained import resolve_encoder
+from mars_jax.models.tokenize import load_tokenizer, pair_text, tokenize_texts
 from mars_jax.refine import RefineData
 from mars_jax.types import PairBatch, PyTree
 
 __all__ = ["build_token_data"]
 
 
-def build_token_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
+def build_token_data(data: TextDataSettings) -> tuple[RefineData, dict[str, Any]]:
     """The run's base, pool and held-out pairs as token ids ``[rows, data.max_length]``."""
-    data = config.data
-    contents = read_pool_option(config)
+    contents = read_pool_option(data.pool)
     if contents is None:
-        raise ConfigError(
+        raise MarsError(
             f"data.pool: {data.pool!r} works on frozen features; with "
             "model.finetune_encoder = true it must be a pool directory (mars-jax augment)"
         )
-    selection = select_base_pairs(config)
+    selection = select_base_pairs(data)
     base, flipped = flip_labels(selection.base, rate=data.label_flip_rate, seed=data.seed)
     folder = resolve_encoder(data.encoder)
     tokenizer = load_tokenizer(folder)
@@ -67,7 +67,7 @@ def build_token_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
     base_pairs = pairs(base)
     full = np.asarray(base_pairs.chosen["attention_mask"]).all(axis=1)
     info = {
-        **selection_info(config, selection, flipped),
+        **selection_info(data.paths, selection, flipped),
         "num_pool_pairs": int(pool.source.shape[0]),
         "pool": data.pool,
         **pool_info,

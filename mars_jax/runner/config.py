@@ -1,20 +1,19 @@
 """Run configuration: a validated schema, TOML files with ``extends``, and CLI overrides.
 
 The schema is a tree of frozen dataclasses whose field defaults are the built-in default
-configuration (the synthetic suite), so ``load_config(None)`` returns the defaults. A config
+configuration (the synthetic suite), so ``load_config(None)`` returns the defaults. The
+sections of the library's settings (``train``, ``refine``, ``eval``, ``curvature``,
+``parallel``) are generated from its settings types (:class:`~mars_jax.train.FitSettings`,
+:class:`~mars_jax.refine.RefineSettings`, ...), so each default, help text and range is
+written once; :func:`mars_jax.settings.settings_from` turns a section back into them. A config
 file may name a base file with a top-level ``extends = "base.toml"`` (relative to the file);
 its values override the base's key by key. CLI overrides ``section.key=value`` come last; the
 value is parsed as a TOML value, or taken as a bare string when it does not parse.
 
 Every value is checked as it is read (known section and key, type, range, choices), so a bad
 config fails with one :class:`ConfigError` naming the source (file path, or the override) and
-the dotted key, before any work starts. Constraints live in each field's ``metadata``:
-
-- ``doc``: help string;
-- ``min`` / ``max``: inclusive bounds; ``min_exclusive`` / ``max_exclusive``: strict bounds;
-- ``choices``: allowed values;
-- ``non_empty``: the string or list must not be empty; ``unique``: list without duplicates;
-- ``item_<name>``: constraint ``<name>`` applied to every item of a list.
+the dotted key, before any work starts. Constraints live in each field's ``metadata`` (see
+:mod:`mars_jax.settings`).
 """
 
 from __future__ import annotations
@@ -31,11 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mars_jax.allocation import METHODS
+from mars_jax.augment.builder import AugmentSettings
+from mars_jax.augment.paraphrase import ParaphraseSettings
+from mars_jax.curvature.report import CurvatureSettings
+from mars_jax.data.selection import TextDataSettings
 from mars_jax.errors import MarsError
-from mars_jax.refine import METHODS
+from mars_jax.evaluation import EvalSettings
+from mars_jax.losses import LossSettings
+from mars_jax.parallel import MeshSettings
+from mars_jax.refine import RefineSettings
+from mars_jax.settings import config_key, setting
+from mars_jax.train import FitSettings, OptimizerSettings
 
 __all__ = [
-    "REFINE_METHODS",
     "AugmentConfig",
     "Config",
     "ConfigError",
@@ -54,81 +62,67 @@ __all__ = [
     "load_config",
 ]
 
-REFINE_METHODS = METHODS
-
 
 class ConfigError(MarsError):
     """An invalid config file, dictionary or override; the message names the source and key."""
 
 
-def _opt(default: Any, doc: str, **constraints: Any) -> Any:
-    """A dataclass field with a default, a help string and range/choice constraints."""
-    return field(default=default, metadata={"doc": doc, **constraints})
+_opt = setting
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """The preference data: the built-in synthetic suite, or files of real pairs."""
+def _section(name: str, doc: str, *parts: type | tuple[str, type, Any]) -> type:
+    """A config section: a frozen dataclass whose keys are the fields of settings types.
 
-    suite: str = _opt(
-        "synthetic",
-        "which data: the built-in synthetic suite, or preference files (data.paths)",
-        choices=("synthetic", "pairs"),
-    )
-    paths: tuple[str, ...] = _opt(
-        (), "preference files for suite 'pairs' (relative paths: to the working directory)"
-    )
-    format: str = _opt(
-        "auto",
-        "format of the preference files",
-        choices=("auto", "trl", "hh_rlhf", "summarize", "ranked"),
-    )
-    skip_invalid: bool = _opt(False, "skip malformed records (counted) instead of stopping")
-    heldout_fraction: float = _opt(
-        0.2, "share of pairs held out, split by prompt or post (suite 'pairs')", min=0, max=0.9
-    )
-    encoder: str = _opt(
-        "all-MiniLM-L6-v2", "frozen text encoder: all-MiniLM-L6-v2 or a folder in HF layout"
-    )
-    pooling: str = _opt("mean", "pooling of the encoder's token states", choices=("mean", "cls"))
-    max_length: int = _opt(128, "tokens per prompt + response (the prompt is cut first)", min=8)
-    embed_batch_size: int = _opt(64, "texts per batch of the embedding job", min=1)
-    cache_dir: str = _opt(
-        "~/.cache/mars_jax/embeddings", "embedding cache, reused across runs", non_empty=True
-    )
-    seed: int = _opt(0, "seed of the data set (independent of the training seed)", min=0)
-    num_base_pairs: int = _opt(1000, "labelled base pairs used for training", min=1)
-    num_heldout_pairs: int = _opt(2000, "held-out pairs used for evaluation", min=1)
-    responses_per_prompt: int = _opt(8, "candidate responses generated per prompt", min=2)
-    feature_dim: int = _opt(16, "dimension of the feature vectors", min=1)
-    paraphrases: int = _opt(
-        5,
-        "variants each of prompt, chosen and rejected; "
-        "the pool has paraphrases**2 pairs per base pair",
-        min=1,
-    )
-    perturbation_scale: float = _opt(
-        0.5, "std of a response variation (relative to feature scale)", min=0
-    )
-    prompt_shift_scale: float = _opt(0.5, "std of a prompt variation's shift", min=0)
-    nonlinear_weight: float = _opt(1.0, "weight of the nonlinear part of the true reward", min=0)
-    reward_scale: float = _opt(
-        3.0,
-        "std of the true reward (sets how noisy BT-sampled labels are)",
-        min_exclusive=0,
-    )
-    label_flip_rate: float = _opt(
-        0.0, "fraction of base-pair labels flipped at random", min=0, max=0.5
-    )
-    pool: str = _opt(
-        "perturb",
-        "synthetic pool: 'perturb' or 'mixup' (cheap generators on the features), or a pool "
-        "directory written by 'mars-jax augment' (suite 'pairs')",
-        non_empty=True,
-    )
-    mixup_scale: float = _opt(
-        0.3, "largest weight of the other base pair in a 'mixup' variation", min=0, max=1
-    )
+    Each part is a settings dataclass (its fields become keys, named by
+    :func:`mars_jax.settings.config_key`, with their defaults, docs and constraints) or a
+    ``(name, type, field)`` key of the section's own.
+    """
+    fields: list[tuple[str, type, Any]] = []
+    for part in parts:
+        if isinstance(part, tuple):
+            fields.append(part)
+            continue
+        hints = typing.get_type_hints(part)
+        for item in dataclasses.fields(part):
+            if "doc" not in item.metadata:  # a nested settings type: given as its own part
+                continue
+            spec = field(default=item.default, metadata=item.metadata)
+            fields.append((config_key(item), hints[item.name], spec))
+    section = dataclasses.make_dataclass(name, fields, frozen=True)
+    section.__module__, section.__doc__ = __name__, doc
+    return section
+
+
+DataConfig = _section(
+    "DataConfig",
+    "The preference data: the built-in synthetic suite, or files of real pairs.",
+    (
+        "suite",
+        str,
+        _opt(
+            "synthetic",
+            "which data: the built-in synthetic suite, or preference files (data.paths)",
+            choices=("synthetic", "pairs"),
+        ),
+    ),
+    TextDataSettings,
+    ("responses_per_prompt", int, _opt(8, "candidate responses generated per prompt", min=2)),
+    ("feature_dim", int, _opt(16, "dimension of the feature vectors", min=1)),
+    (
+        "nonlinear_weight",
+        float,
+        _opt(1.0, "weight of the nonlinear part of the true reward", min=0),
+    ),
+    (
+        "reward_scale",
+        float,
+        _opt(
+            3.0,
+            "std of the true reward (sets how noisy BT-sampled labels are)",
+            min_exclusive=0,
+        ),
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -144,147 +138,61 @@ class ModelConfig:
     )
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and the reward-model loss."""
-
-    seed: int = _opt(0, "seed of initialisation and batch order", min=0)
-    batch_size: int = _opt(64, "pairs per optimisation step", min=1)
-    learning_rate: float = _opt(1e-3, "peak learning rate", min_exclusive=0)
-    warmup_fraction: float = _opt(
-        0.1, "fraction of each round's steps spent warming up", min=0, max_exclusive=1
-    )
-    weight_decay: float = _opt(1e-4, "decoupled weight decay (AdamW)", min=0)
-    grad_clip_norm: float = _opt(1.0, "global gradient-norm clip", min_exclusive=0)
-    epochs_per_round: int = _opt(1, "epochs of training in each refinement round", min=1)
-    warmup_epochs: int = _opt(
-        1,
-        "epochs on the base pairs before the first allocation "
-        "(0: the first allocation uses the untrained model, as the authors' code)",
-        min=0,
-    )
-    loss: str = _opt("bradley_terry", "pairwise loss", choices=("bradley_terry", "hinge"))
-    target_margin: float = _opt(0.0, "margin the loss asks the reward gap to exceed", min=0)
-    label_smoothing: float = _opt(
-        0.0, "probability mass moved to the opposite label", min=0, max_exclusive=0.5
-    )
-    centering_coef: float = _opt(0.0, "penalty on the squared mean reward", min=0)
-
-
-@dataclass(frozen=True)
-class RefineConfig:
-    """Self-refinement: which augmentation methods run, and for how long."""
-
-    methods: tuple[str, ...] = _opt(
-        ("none", "uniform", "west_of_n", "mars"),
-        "augmentation methods compared in one run",
-        non_empty=True,
-        unique=True,
-        item_choices=REFINE_METHODS,
-    )
-    rounds: int = _opt(5, "refinement rounds", min=1)
-    budget: int = _opt(2000, "synthetic pairs drawn per round (B)", min=0)
-    temperature: float = _opt(0.1, "tau of MARS weights softmax(-tau*|margin|)", min_exclusive=0)
-    synthetic_set: str = _opt(
-        "per_round",
-        "train on this round's synthetic pairs only, or on all drawn so far",
-        choices=("per_round", "cumulative"),
-    )
-    reset_optimizer: bool = _opt(True, "fresh optimizer state at the start of each round")
-    stop_tolerance: float = _opt(
-        0.0,
-        "stop when the distance between successive rounds' base-margin distributions "
-        "falls below it (0 disables)",
-        min=0,
-    )
-    stop_distance: str = _opt(
-        "wasserstein",
-        "distance used by stop_tolerance",
-        choices=("wasserstein", "ks"),
-    )
-    total_budget: int = _opt(
-        0, "stop once this many synthetic pairs are spent (0: no limit)", min=0
-    )
-    adaboost_temperature: float = _opt(
-        1.0, "temperature of the AdaBoost-style weights", min_exclusive=0
-    )
-    ensemble_size: int = _opt(5, "heads in the ensemble-disagreement baseline", min=2)
-    ensemble_temperature: float = _opt(
-        1.0, "temperature of the ensemble-disagreement weights", min_exclusive=0
-    )
+TrainConfig = _section(
+    "TrainConfig",
+    "Optimisation and the reward-model loss.",
+    ("seed", int, _opt(0, "seed of initialisation and batch order", min=0)),
+    FitSettings,
+    OptimizerSettings,
+    LossSettings,
+)
+RefineConfig = _section(
+    "RefineConfig",
+    "Self-refinement: which augmentation methods run, and for how long.",
+    (
+        "methods",
+        tuple[str, ...],
+        _opt(
+            ("none", "uniform", "west_of_n", "mars"),
+            "augmentation methods compared in one run",
+            non_empty=True,
+            unique=True,
+            item_choices=METHODS,
+        ),
+    ),
+    RefineSettings,
+)
+EvalConfig = _section("EvalConfig", "Evaluation on the held-out pairs.", EvalSettings)
+CurvatureConfig = _section(
+    "CurvatureConfig",
+    "Per-round curvature of the Bradley-Terry loss (off by default: it costs matvecs).",
+    ("enabled", bool, _opt(False, "write a curvature report per method and round")),
+    (
+        "lowest_k",
+        int,
+        _opt(128, "size of the lowest-|margin| subset of base pairs", min=1),
+    ),
+    CurvatureSettings,
+)
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """Evaluation on the held-out pairs."""
-
-    num_bootstrap: int = _opt(
-        1000, "bootstrap resamples for confidence intervals (0 disables intervals)", min=0
-    )
-    calibration_bins: int = _opt(10, "bins of the reliability diagram and ECE", min=1)
-    histogram_bins: int = _opt(30, "bins of the margin histograms", min=2)
-
-
-@dataclass(frozen=True)
-class CurvatureConfig:
-    """Per-round curvature of the Bradley-Terry loss (off by default: it costs matvecs)."""
-
-    enabled: bool = _opt(False, "write a curvature report per method and round")
-    operators: tuple[str, ...] = _opt(
-        ("hessian",),
-        "curvature matrices to analyse: the Hessian and/or the Gauss-Newton matrix",
-        non_empty=True,
-        unique=True,
-        item_choices=("hessian", "ggn"),
-    )
-    power_iters: int = _opt(20, "power iterations for the top eigenvalue", min=1)
-    lanczos_order: int = _opt(20, "Lanczos steps for the top eigenvalues", min=2)
-    num_eigenvalues: int = _opt(3, "top eigenvalues reported from Lanczos", min=1)
-    trace_probes: int = _opt(20, "Hutchinson probes for the trace", min=2)
-    density_order: int = _opt(20, "Lanczos steps per spectral-density run", min=2)
-    density_runs: int = _opt(4, "probes (runs) of stochastic Lanczos quadrature", min=1)
-    lowest_k: int = _opt(128, "size of the lowest-|margin| subset of base pairs", min=1)
-    max_pairs: int = _opt(4096, "subsets larger than this are subsampled to this many pairs", min=1)
-    precision: str = _opt(
-        "highest",
-        "matmul precision of curvature products",
-        choices=("default", "high", "highest"),
-    )
-    float64: bool = _opt(False, "compute in float64 (CPU validation; slower)")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The paraphrase pool built by ``mars-jax augment`` with a small language model."""
-
-    generator: str = _opt(
-        "smollm2", "text generator: smollm2 or a folder in HF layout", non_empty=True
-    )
-    dtype: str = _opt("float32", "generator weights dtype", choices=("float32", "bfloat16"))
-    batch_size: int = _opt(32, "sequences per generation batch", min=1)
-    prompt_paraphrases: int = _opt(5, "paraphrases of each prompt", min=1)
-    chosen_paraphrases: int = _opt(5, "paraphrases of each chosen response", min=1)
-    rejected_paraphrases: int = _opt(5, "paraphrases of each rejected response", min=1)
-    max_new_tokens: int = _opt(
-        256, "cap on new tokens per paraphrase (sized from the source below the cap)", min=1
-    )
-    temperature: float = _opt(0.8, "sampling temperature", min_exclusive=0)
-    top_p: float = _opt(0.95, "nucleus sampling mass", min_exclusive=0, max=1)
-    seed: int = _opt(0, "seed of the paraphrase samples", min=0)
-    chunk_size: int = _opt(32, "base pairs per chunk file (the unit of resuming)", min=1)
-    min_length_ratio: float = _opt(
-        0.5, "shortest accepted paraphrase, as a fraction of the source's length", min=0
-    )
-    max_length_ratio: float = _opt(
-        2.0, "longest accepted paraphrase, as a multiple of the source's length", min_exclusive=0
-    )
-    max_retries: int = _opt(2, "extra sampling rounds for rejected paraphrases", min=0)
-    max_source_tokens: int = _opt(
-        384, "longer sources (estimated tokens) are cut for paraphrasing (0: never)", min=0
-    )
-    semantic: bool = _opt(
-        False, "first rewrite pairs whose responses are closer than the mean (v2 method)"
-    )
+AugmentConfig = _section(
+    "AugmentConfig",
+    "The paraphrase pool built by ``mars-jax augment`` with a small language model.",
+    (
+        "generator",
+        str,
+        _opt("smollm2", "text generator: smollm2 or a folder in HF layout", non_empty=True),
+    ),
+    (
+        "dtype",
+        str,
+        _opt("float32", "generator weights dtype", choices=("float32", "bfloat16")),
+    ),
+    ("batch_size", int, _opt(32, "sequences per generation batch", min=1)),
+    AugmentSettings,
+    ParaphraseSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -296,16 +204,11 @@ class OutputConfig:
     progress: bool = _opt(True, "show progress bars")
 
 
-@dataclass(frozen=True)
-class ParallelConfig:
-    """Sharding over a device mesh (see mars_jax.parallel and the README)."""
-
-    enabled: bool = _opt(False, "shard training, scoring and curvature over a device mesh")
-    data: int = _opt(-1, "devices on the data axis (-1: all devices left after fsdp)", min=-1)
-    fsdp: int = _opt(1, "devices on the fsdp axis; parameters are split over it", min=1)
-    distributed: bool = _opt(
-        False, "call jax.distributed.initialize() first (multi-host: TPU slice, SLURM)"
-    )
+ParallelConfig = _section(
+    "ParallelConfig",
+    "Sharding over a device mesh (see mars_jax.parallel and the README).",
+    MeshSettings,
+)
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from mars_jax.checkpoint import load_params, read_model_info
-from mars_jax.config import Config, config_from_dict
-from mars_jax.curvature.report import curvature_report
+from mars_jax.curvature.report import CurvatureSettings, curvature_report
 from mars_jax.errors import MarsError
-from mars_jax.experiment import build_data, build_trainer, curvature_settings
 from mars_jax.models.heads import RewardModel, init_members
-from mars_jax.refine import RefineData, ensemble_reward_fn, lowest_margin_pairs_of
+from mars_jax.refine import RefineData, lowest_margin_pairs_of
+from mars_jax.runner.config import Config, config_from_dict
+from mars_jax.runner.data import build_data
+from mars_jax.runner.experiment import build_trainer
+from mars_jax.settings import settings_from
 from mars_jax.train import Trainer
 from mars_jax.types import PairBatch, PyTree
 
@@ -120,7 +122,6 @@ def saved_model_curvature(
 ) -> dict[str, Any]:
     """Curvature report of a saved model on one of its run's subsets or on a pairs file."""
     params = run.params(method)
-    reward_fn = ensemble_reward_fn(run.trainer)
     if pairs_file is not None:
         name = Path(pairs_file).name
         pairs = read_pairs_file(pairs_file, feature_dim=int(run.data.base.chosen.shape[-1]))
@@ -128,14 +129,14 @@ def saved_model_curvature(
         name = subset or "base"
         pairs = _subset(run, name, params)
     report = curvature_report(
-        reward_fn,
+        run.trainer.mean_reward,
         params,
         {name: pairs},
         jax.random.key(run.config.train.seed),
-        settings=curvature_settings(run.config),
+        settings=settings_from(CurvatureSettings, run.config.curvature),
         loss=run.trainer.loss,
     )
-    return {"method": method, "run": str(run.path), **report}
+    return {"method": method, "run": str(run.path), **report.to_json()}
 
 
 def _subset(run: SavedRun, name: str, params: PyTree) -> PairBatch:
@@ -148,8 +149,8 @@ def _subset(run: SavedRun, name: str, params: PyTree) -> PairBatch:
         pool = data.pool
         return PairBatch(pool.chosen, pool.rejected, jnp.ones(pool.source.shape[0], jnp.float32))
     if name == "lowest_margin":
-        reward_fn = ensemble_reward_fn(run.trainer)
         base = data.base
-        margins = reward_fn(params, base.chosen) - reward_fn(params, base.rejected)
+        reward = run.trainer.mean_reward
+        margins = reward(params, base.chosen) - reward(params, base.rejected)
         return lowest_margin_pairs_of(base, margins, k=run.config.curvature.lowest_k)
     raise MarsError(f"unknown subset {name!r}; expected one of {', '.join(SUBSETS)}")

@@ -8,36 +8,22 @@ from pathlib import Path
 from mars_jax.augment import generator as generators
 from mars_jax.augment.builder import AugmentSettings, BuildReport, build_pool, file_digests
 from mars_jax.augment.paraphrase import ParaphraseSettings
-from mars_jax.augment.pool import is_pool_dir
-from mars_jax.config import Config, ConfigError
 from mars_jax.data.formats import read_pairs
+from mars_jax.data.pool import is_pool_dir
+from mars_jax.data.selection import select_base_pairs
 from mars_jax.data.table import clean_pairs
-from mars_jax.data.text import select_base_pairs
 from mars_jax.errors import MarsError
+from mars_jax.runner.config import Config, ConfigError
+from mars_jax.runner.data import text_settings
+from mars_jax.settings import settings_from
 
 __all__ = ["augment_settings", "run_augment"]
 
 
 def augment_settings(config: Config) -> AugmentSettings:
     """The pool-build settings of ``config.augment``."""
-    augment = config.augment
-    return AugmentSettings(
-        prompt_paraphrases=augment.prompt_paraphrases,
-        chosen_paraphrases=augment.chosen_paraphrases,
-        rejected_paraphrases=augment.rejected_paraphrases,
-        seed=augment.seed,
-        chunk_size=augment.chunk_size,
-        semantic=augment.semantic,
-        paraphrase=ParaphraseSettings(
-            max_new_tokens=augment.max_new_tokens,
-            temperature=augment.temperature,
-            top_p=augment.top_p,
-            min_length_ratio=augment.min_length_ratio,
-            max_length_ratio=augment.max_length_ratio,
-            max_retries=augment.max_retries,
-            max_source_tokens=augment.max_source_tokens,
-        ),
-    )
+    paraphrase = settings_from(ParaphraseSettings, config.augment)
+    return settings_from(AugmentSettings, config.augment, paraphrase=paraphrase)
 
 
 def _prompt_limit(settings: AugmentSettings) -> dict[str, int]:
@@ -53,7 +39,8 @@ def _prompt_limit(settings: AugmentSettings) -> dict[str, int]:
 
 def _embedder(config: Config):
     """``embed(texts) -> [N, D]``: the run's frozen encoder, through the embedding cache."""
-    from mars_jax.models.embeddings import EmbeddingCache, TextEncoder, embed_with_cache
+    from mars_jax.models.embedding_cache import EmbeddingCache, embed_with_cache
+    from mars_jax.models.encoder import TextEncoder
     from mars_jax.models.pretrained import resolve_encoder
 
     data = config.data
@@ -105,7 +92,7 @@ def run_augment(
                 "data.suite: 'mars-jax augment' needs preference files: set data.suite = "
                 "'pairs' and data.paths, or give --pairs FILE"
             )
-        table = select_base_pairs(config).base
+        table = select_base_pairs(text_settings(config)).base
         sources = list(data.paths)
         selection = {
             "mode": "run base pairs",

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mars_jax.plots import (
+from mars_jax.runner.plots import (
     plot_accuracy,
     plot_margin_histograms,
     plot_metric_rounds,
     plot_spectral_densities,
 )
+from mars_jax.types import Records
 
-__all__ = ["compact_curvature", "write_curvature_plots", "write_json_atomic", "write_plots"]
-
-Records = dict[str, list[dict[str, Any]]]
+__all__ = ["compact_curvature", "write_curvature_plots", "write_plots"]
 
 
 def write_plots(plot_dir: Path, history: Records) -> None:
@@ -36,18 +34,6 @@ def write_plots(plot_dir: Path, history: Records) -> None:
         for m, rounds in history.items()
     }
     plot_margin_histograms(plot_dir / "margins.png", histograms)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def compact_curvature(report: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mars_jax.config import Config
 from mars_jax.refine import RoundSummary
+from mars_jax.runner.config import Config
 
 __all__ = ["RunDisplay", "curvature_table", "make_console", "round_table", "summary_table"]
 

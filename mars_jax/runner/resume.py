@@ -31,9 +31,9 @@ import orbax.checkpoint as ocp
 
 from mars_jax import __version__
 from mars_jax.checkpoint import tree_shapes
-from mars_jax.config import Config, config_to_dict
 from mars_jax.errors import MarsError
 from mars_jax.refine import RefineData, RoundState
+from mars_jax.runner.config import Config, config_to_dict
 from mars_jax.train import TrainState
 
 __all__ = [

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from mars_jax.errors import MarsError
-from mars_jax.outputs import write_json_atomic
+from mars_jax.files import write_json_atomic
 
 __all__ = [
     "MANIFEST_NAME",

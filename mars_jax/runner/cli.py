@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mars_jax import __version__
 from mars_jax.errors import MarsError
-from mars_jax.run_lock import LOCK_NAME, RunLock
+from mars_jax.runner.locks import LOCK_NAME, RunLock
 
 __all__ = ["main"]
 
@@ -212,8 +212,8 @@ def _new_run_dir(out: Path | None, parent: str, name: str, *, resume: bool = Fal
 
 
 def _command_run(args: argparse.Namespace) -> int:
-    from mars_jax.config import load_config
-    from mars_jax.report import RunDisplay
+    from mars_jax.runner.config import load_config
+    from mars_jax.runner.console import RunDisplay
 
     path, overrides = _split_args(args.args)
     if args.resume and args.out is None:
@@ -224,11 +224,14 @@ def _command_run(args: argparse.Namespace) -> int:
     name = Path(path).stem if path else "default"
     _check_run_dir(args.out, resume=args.resume)
 
-    from mars_jax.experiment import build_data, mesh_settings, run_experiment
-    from mars_jax.parallel import initialize_distributed, placement_for
+    from mars_jax.parallel import MeshSettings, initialize_distributed, placement_for
+    from mars_jax.runner.data import build_data
+    from mars_jax.runner.experiment import run_experiment
+    from mars_jax.settings import settings_from
 
-    initialize_distributed(mesh_settings(config))  # before any JAX work
-    placement_for(mesh_settings(config))  # a mesh that does not fit the devices fails here
+    mesh = settings_from(MeshSettings, config.parallel)
+    initialize_distributed(mesh)  # before any JAX work
+    placement_for(mesh)  # a mesh that does not fit the devices fails here
     data = build_data(config)  # bad data fails here, before any output is written
     run_dir = _new_run_dir(args.out, config.output.dir, name, resume=args.resume)
     display = RunDisplay(config, enabled=not args.quiet)
@@ -248,9 +251,9 @@ def _command_run(args: argparse.Namespace) -> int:
 
 
 def _command_curvature(args: argparse.Namespace) -> int:
-    from mars_jax.outputs import write_json_atomic
-    from mars_jax.report import curvature_table, make_console
-    from mars_jax.saved_run import load_run, saved_model_curvature
+    from mars_jax.files import write_json_atomic
+    from mars_jax.runner.console import curvature_table, make_console
+    from mars_jax.runner.saved_run import load_run, saved_model_curvature
 
     name = args.data.stem if args.data else args.subset
     out = args.out or args.run_dir / "curvature" / f"{args.method}-{name}.json"
@@ -267,8 +270,8 @@ def _command_curvature(args: argparse.Namespace) -> int:
 
 
 def _command_augment(args: argparse.Namespace) -> int:
-    from mars_jax.augment.command import run_augment
-    from mars_jax.config import load_config
+    from mars_jax.runner.augment import run_augment
+    from mars_jax.runner.config import load_config
 
     path, overrides = _split_args(args.args)
     config = load_config(path, overrides)
@@ -288,7 +291,7 @@ def _command_augment(args: argparse.Namespace) -> int:
 
 
 def _command_config(args: argparse.Namespace) -> int:
-    from mars_jax.config import config_to_dict, describe_config, load_config
+    from mars_jax.runner.config import config_to_dict, describe_config, load_config
 
     if args.keys:
         print(describe_config())
