@@ -38,6 +38,7 @@ __all__ = [
     "largest_remainder_budgets",
     "mars_weights",
     "pool_size_weights",
+    "uniform_global_budgets",
 ]
 
 
@@ -293,3 +294,87 @@ def _rows_by_rank(rows: jax.Array, scores: jax.Array) -> jax.Array:
     rank = jnp.sum(ahead, axis=2)
     sources = jnp.arange(rows.shape[0])[:, None]
     return jnp.zeros_like(rows).at[sources, rank].set(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# The authors' unstratified uniform baseline (method.md section 6)
+# ---------------------------------------------------------------------------------------
+
+
+def uniform_global_budgets(key: jax.Array, offsets: jax.Array, *, budget: int) -> jax.Array:
+    """Per-base-pair budgets of ``B`` uniform draws from the whole pool, without replacement.
+
+    The authors' uniform baseline: ``B`` distinct pool rows, uniformly at random, so some
+    base pairs get none and some several. The budgets are the counts of drawn rows per
+    source, so ``b`` follows the multivariate hypergeometric law
+    (``E[b_i] = B n_i / P``); :func:`draw_from_pool` then draws ``b_i <= n_i`` distinct
+    rows of source ``i``, which makes the whole draw a uniform ``B``-subset of the pool.
+    Unlike :func:`largest_remainder_budgets` on :func:`pool_size_weights` (stratified),
+    the counts vary from round to round.
+
+    When the budget exceeds the pool (``B > P``), every row is taken ``B // P`` times and
+    the remaining ``B mod P`` rows are a uniform subset without replacement, so
+    ``b_i = (B // P) n_i + c_i`` with ``c`` hypergeometric. Such a ``b_i`` exceeds ``n_i``,
+    and :func:`draw_from_pool` then takes every row of source ``i`` once and the excess
+    uniformly with replacement (the counts per source follow the rule, not the counts per
+    row). An empty pool (``P == 0``) gives all-zero budgets (there is nothing to draw).
+
+    The subset is Floyd's algorithm, resolved without a sequential loop: one sort to find
+    repeated picks and ``ceil(log2 B)`` rounds of pointer jumping, ``O(B log B)`` work.
+    ``P`` may be traced; only ``B`` is static.
+
+    Args:
+      key: PRNG key.
+      offsets: ``[N + 1]`` int32 CSR offsets of the pool (``Pool.offsets``).
+      budget: static total number of draws ``B >= 0``.
+
+    Returns:
+      ``[N]`` int32 budgets summing to ``B`` (to 0 if the pool is empty).
+    """
+    offsets = jnp.asarray(offsets, jnp.int32)
+    counts = offsets[1:] - offsets[:-1]
+    num_sources = counts.shape[0]
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    if budget == 0:
+        return jnp.zeros(num_sources, jnp.int32)
+    total = offsets[-1]
+    safe_total = jnp.maximum(total, 1)
+    full_passes = budget // safe_total
+    rows, valid = _distinct_rows(key, safe_total, budget - full_passes * safe_total, size=budget)
+    source = jnp.clip(jnp.searchsorted(offsets, rows, side="right") - 1, 0, num_sources - 1)
+    drawn = jnp.zeros(num_sources, jnp.int32).at[source].add(valid.astype(jnp.int32))
+    return jnp.where(total > 0, full_passes * counts + drawn, 0).astype(jnp.int32)
+
+
+def _distinct_rows(
+    key: jax.Array, total: jax.Array, count: jax.Array, *, size: int
+) -> tuple[jax.Array, jax.Array]:
+    """A uniform ``count``-subset of ``[0, total)`` (``count <= min(size, total)``).
+
+    Floyd's algorithm: step ``j`` (for ``j < count``) picks ``t_j`` uniform in
+    ``[0, top_j]`` with ``top_j = total - count + j`` and adds ``t_j``, or ``top_j`` if
+    ``t_j`` is already in the set. The set before step ``j`` holds every earlier ``t``
+    plus the tops of earlier collisions, so ``t_j`` collides iff it repeats an earlier
+    ``t`` or equals the top of an earlier step that collided: a chain back to a first
+    repeat or a non-collision, followed here by pointer jumping.
+
+    Returns:
+      ``(rows[size], valid[size])``: the subset in its first ``count`` slots, 0 elsewhere.
+    """
+    step = jnp.arange(size, dtype=jnp.int32)
+    active = step < count
+    top = total - count + step
+    picks = jax.random.randint(key, (size,), 0, jnp.maximum(top, 0) + 1, dtype=jnp.int32)
+    picks = jnp.where(active, picks, -1 - step)
+    order = jnp.argsort(picks, stable=True)
+    ordered = picks[order]
+    repeat_sorted = jnp.concatenate([jnp.zeros(1, bool), ordered[1:] == ordered[:-1]])
+    repeat = jnp.zeros(size, bool).at[order].set(repeat_sorted)
+    earlier = picks - (total - count)
+    follows = active & ~repeat & (earlier >= 0) & (earlier < step)
+    parent = jnp.where(follows, earlier, step)
+    for _ in range(max(1, (size - 1).bit_length())):
+        parent = parent[parent]
+    rows = jnp.where(repeat[parent], top, picks)
+    return jnp.where(active, rows, 0), active
