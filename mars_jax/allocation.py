@@ -31,11 +31,15 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "AllocationDiagnostics",
     "Draws",
+    "MarginStatistics",
     "adaboost_weights",
+    "allocation_diagnostics",
     "draw_from_pool",
     "ensemble_weights",
     "largest_remainder_budgets",
+    "margin_statistics",
     "mars_weights",
     "pool_size_weights",
     "uniform_global_budgets",
@@ -378,3 +382,96 @@ def _distinct_rows(
         parent = parent[parent]
     rows = jnp.where(repeat[parent], top, picks)
     return jnp.where(active, rows, 0), active
+
+
+# ---------------------------------------------------------------------------------------
+# Diagnostics: how far an allocation is from uniform, and what the margins look like
+# ---------------------------------------------------------------------------------------
+
+
+class AllocationDiagnostics(NamedTuple):
+    """How far one round's budgets are from a reference split (float32 scalars).
+
+    Attributes:
+      total_variation: ``0.5 * sum |b / sum(b) - u / sum(u)|`` in ``[0, 1]``; for equal
+        totals, 0 exactly when the budgets are equal (same proportions of different
+        totals give 0 up to float32 rounding).
+      effective_num_pairs: ``1 / sum(q²)`` with ``q = b / sum(b)``: ``N`` for an even split,
+        1 when one base pair gets everything (0 when ``sum(b) == 0``).
+      zero_share: fraction of base pairs with ``b_i == 0``.
+      max_budget: largest ``b_i``.
+    """
+
+    total_variation: jax.Array
+    effective_num_pairs: jax.Array
+    zero_share: jax.Array
+    max_budget: jax.Array
+
+
+def _proportions(budgets: jax.Array) -> jax.Array:
+    """``b / sum(b)`` as float32; all zeros when the sum is 0."""
+    budgets = jnp.asarray(budgets, jnp.float32)
+    total = jnp.sum(budgets)
+    return budgets / jnp.where(total > 0, total, 1.0)
+
+
+def allocation_diagnostics(
+    budgets: jax.Array, reference_budgets: jax.Array
+) -> AllocationDiagnostics:
+    """Distance of an allocation from a reference one, and how concentrated it is.
+
+    Method.md section 6: a claim about MARS is untestable where its budgets equal the
+    stratified uniform ones, so log this every round with the stratified uniform budgets
+    (``largest_remainder_budgets(pool_size_weights(offsets), ...)``) as the reference.
+
+    Args:
+      budgets: ``[N]`` integer (or float) budgets of the method.
+      reference_budgets: ``[N]`` budgets of the reference allocation.
+
+    Returns:
+      :class:`AllocationDiagnostics`.
+    """
+    share = _proportions(budgets)
+    reference = _proportions(reference_budgets)
+    concentration = jnp.sum(share * share)
+    return AllocationDiagnostics(
+        total_variation=0.5 * jnp.sum(jnp.abs(share - reference)),
+        effective_num_pairs=jnp.where(
+            concentration > 0, 1.0 / jnp.where(concentration > 0, concentration, 1.0), 0.0
+        ),
+        zero_share=jnp.mean((jnp.asarray(budgets) == 0).astype(jnp.float32)),
+        max_budget=jnp.max(jnp.asarray(budgets)).astype(jnp.float32),
+    )
+
+
+class MarginStatistics(NamedTuple):
+    """Summary of a set of signed margins (float32 scalars).
+
+    Attributes:
+      mean: mean margin.
+      std: standard deviation of the margins.
+      abs_q10, abs_q25, abs_median, abs_q75, abs_q90: quantiles of ``|m|`` (linear
+        interpolation, as ``numpy.quantile``).
+      negative_share: fraction of margins below 0 (mis-ranked pairs).
+    """
+
+    mean: jax.Array
+    std: jax.Array
+    abs_q10: jax.Array
+    abs_q25: jax.Array
+    abs_median: jax.Array
+    abs_q75: jax.Array
+    abs_q90: jax.Array
+    negative_share: jax.Array
+
+
+def margin_statistics(margins: jax.Array) -> MarginStatistics:
+    """Mean, spread, ``|m|`` quantiles and share mis-ranked of ``[N]`` margins (``N >= 1``)."""
+    margins = jnp.asarray(margins, jnp.float32)
+    quantiles = jnp.quantile(jnp.abs(margins), jnp.array([0.1, 0.25, 0.5, 0.75, 0.9]))
+    return MarginStatistics(
+        jnp.mean(margins),
+        jnp.std(margins),
+        *(quantiles[i] for i in range(5)),
+        negative_share=jnp.mean((margins < 0).astype(jnp.float32)),
+    )
