@@ -31,17 +31,24 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "TEMPERATURE_MODES",
     "AllocationDiagnostics",
     "Draws",
     "MarginStatistics",
     "adaboost_weights",
     "allocation_diagnostics",
+    "curriculum_temperature",
     "draw_from_pool",
+    "effective_sample_size",
+    "effective_temperature",
     "ensemble_weights",
+    "ess_temperature",
     "largest_remainder_budgets",
     "margin_statistics",
     "mars_weights",
+    "mars_weights_with_mode",
     "pool_size_weights",
+    "scaled_margins",
     "uniform_global_budgets",
 ]
 
@@ -475,3 +482,190 @@ def margin_statistics(margins: jax.Array) -> MarginStatistics:
         *(quantiles[i] for i in range(5)),
         negative_share=jnp.mean((margins < 0).astype(jnp.float32)),
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Temperature modes (beyond the paper; method.md section 6)
+# ---------------------------------------------------------------------------------------
+
+TEMPERATURE_MODES = ("fixed", "normalized", "target_ess")
+"""How :func:`effective_temperature` turns the settings into the ``tau`` of the softmax."""
+
+_ESS_LOG_TAU_RANGE = (-12.0, 14.0)
+_ESS_BISECTION_STEPS = 48
+
+
+def effective_sample_size(weights: jax.Array) -> jax.Array:
+    """``1 / sum(q²)`` with ``q = weights / sum(weights)`` (``[N] -> []``), in ``[1, N]``."""
+    share = _proportions(weights)
+    return 1.0 / jnp.sum(share * share)
+
+
+def _softmax_log_ess(scores: jax.Array, temperature: jax.Array) -> jax.Array:
+    """``log ESS`` of ``softmax(-temperature * scores)``, without forming the weights."""
+    logits = -temperature * scores
+    return 2.0 * jax.nn.logsumexp(logits) - jax.nn.logsumexp(2.0 * logits)
+
+
+def ess_temperature(scores: jax.Array, *, ess_fraction: float | jax.Array) -> jax.Array:
+    """The ``tau >= 0`` at which ``softmax(-tau * scores)`` has ESS ``ess_fraction * N``.
+
+    The ESS of ``softmax(-tau s)`` falls monotonically from ``N`` at ``tau = 0`` to the
+    number of pairs tied at ``min(s)`` as ``tau -> inf`` (``d log ESS / d tau`` is twice
+    the drop in the mean score from ``q`` to ``softmax(-2 tau s)``, never positive), so a
+    bisection on ``log tau`` (a compiled loop of fixed length, on scores rescaled to
+    ``[0, 1]``) finds it. ``ess_fraction >= 1`` or constant scores give 0; a target below
+    the number of tied minima gives the largest ``tau`` searched (about ``1.2e6 / range``).
+
+    Args:
+      scores: ``[N]`` scores (``|m|`` for v1 MARS, ``m`` for signed).
+      ess_fraction: target ``ESS / N`` in ``(0, 1]`` (may be traced).
+
+    Returns:
+      Scalar float32 ``tau`` for the unscaled ``scores``.
+    """
+    scores = jnp.asarray(scores, jnp.float32)
+    lowest = jnp.min(scores)
+    spread = jnp.max(scores) - lowest
+    safe_spread = jnp.where(spread > 0, spread, 1.0)
+    unit = (scores - lowest) / safe_spread
+    log_target = jnp.log(jnp.asarray(ess_fraction, jnp.float32) * scores.shape[0])
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = 0.5 * (low + high)
+        too_flat = _softmax_log_ess(unit, jnp.exp(middle)) > log_target
+        return jnp.where(too_flat, middle, low), jnp.where(too_flat, high, middle)
+
+    low, high = (jnp.asarray(bound, jnp.float32) for bound in _ESS_LOG_TAU_RANGE)
+    low, high = jax.lax.fori_loop(0, _ESS_BISECTION_STEPS, halve, (low, high))
+    tau = jnp.exp(0.5 * (low + high)) / safe_spread
+    return jnp.where((spread > 0) & (ess_fraction < 1), tau, 0.0)
+
+
+def _allocation_scores(margins: jax.Array, signed: bool) -> jax.Array:
+    """``m`` (signed, v2) or ``|m|`` (v1): lower scores get more budget."""
+    margins = jnp.asarray(margins)
+    return margins if signed else jnp.abs(margins)
+
+
+def effective_temperature(
+    margins: jax.Array,
+    *,
+    mode: str,
+    temperature: float | jax.Array | None = None,
+    ess_fraction: float | jax.Array | None = None,
+    signed: bool = False,
+) -> jax.Array:
+    """The ``tau`` that multiplies the raw scores (``|m|``, or ``m`` if ``signed``).
+
+    Modes:
+
+    - ``"fixed"``: ``temperature`` as given (the paper; :func:`mars_weights`).
+    - ``"normalized"``: ``temperature / std(s)`` (``std`` of the scores, 1 where it is 0),
+      so the weights do not change when every margin is scaled by the same ``c > 0``.
+    - ``"target_ess"``: solved per call by :func:`ess_temperature` so the weights' effective
+      sample size is ``ess_fraction * N``; ``temperature`` is unused.
+
+    Why: at ``tau = 0.1`` and ``B / N = 2`` softmax weights over margins of a few units are
+    nearly flat, and largest remainder then returns the stratified uniform budgets.
+
+    Args:
+      margins: ``[N]`` signed margins of the base pairs.
+      mode: one of :data:`TEMPERATURE_MODES` (static).
+      temperature: ``tau`` for ``fixed`` and ``normalized``.
+      ess_fraction: target ``ESS / N`` in ``(0, 1]`` for ``target_ess``.
+      signed: score by the signed margin (v2) rather than its absolute value (v1).
+
+    Returns:
+      Scalar float32 ``tau``.
+
+    Raises:
+      ValueError: on an unknown mode or a missing setting for it.
+    """
+    if mode not in TEMPERATURE_MODES:
+        raise ValueError(f"mode must be one of {TEMPERATURE_MODES}, got {mode!r}")
+    needed = "ess_fraction" if mode == "target_ess" else "temperature"
+    if (ess_fraction if mode == "target_ess" else temperature) is None:
+        raise ValueError(f"mode {mode!r} needs {needed}")
+    scores = _allocation_scores(margins, signed)
+    if mode == "target_ess":
+        return ess_temperature(scores, ess_fraction=ess_fraction)
+    tau = jnp.asarray(temperature, jnp.float32)
+    if mode == "fixed":
+        return tau
+    spread = jnp.std(scores.astype(jnp.float32))
+    return tau / jnp.where(spread > 0, spread, 1.0)
+
+
+def scaled_margins(
+    margins: jax.Array,
+    *,
+    mode: str,
+    temperature: float | jax.Array | None = None,
+    ess_fraction: float | jax.Array | None = None,
+    signed: bool = False,
+) -> jax.Array:
+    """``tau * s`` (``[N]``): the MARS weights are ``softmax(-scaled_margins(...))``.
+
+    ``s`` is ``|m|`` (or ``m`` if ``signed``) and ``tau`` is
+    :func:`effective_temperature` (same arguments).
+    """
+    tau = effective_temperature(
+        margins, mode=mode, temperature=temperature, ess_fraction=ess_fraction, signed=signed
+    )
+    return tau * _allocation_scores(margins, signed)
+
+
+def mars_weights_with_mode(
+    margins: jax.Array,
+    *,
+    mode: str,
+    temperature: float | jax.Array | None = None,
+    ess_fraction: float | jax.Array | None = None,
+    signed: bool = False,
+) -> jax.Array:
+    """MARS weights ``softmax(-tau * s)`` with ``tau`` set by ``mode`` (``[N] -> [N]``).
+
+    ``mode="fixed"`` equals :func:`mars_weights`; see :func:`effective_temperature` for the
+    other modes.
+    """
+    return jax.nn.softmax(
+        -scaled_margins(
+            margins, mode=mode, temperature=temperature, ess_fraction=ess_fraction, signed=signed
+        )
+    )
+
+
+def curriculum_temperature(
+    round_index: int | jax.Array,
+    num_rounds: int,
+    *,
+    start: float,
+    end: float,
+) -> jax.Array:
+    """Temperature of round ``t`` on a geometric path from ``start`` to ``end``.
+
+    ``tau_t = start * (end / start) ** (t / (R - 1))`` for ``t = 0 .. R - 1`` (``start``
+    for ``R == 1``): equal ratios between successive rounds, so an annealing from
+    ``0.1`` to ``10`` over 5 rounds is ``0.1, 0.32, 1, 3.2, 10``. Feed it to the
+    ``temperature`` of the ``fixed`` or ``normalized`` mode.
+
+    Args:
+      round_index: ``t`` (0-based; may be traced).
+      num_rounds: ``R >= 1``.
+      start: ``tau_0 > 0``.
+      end: ``tau_{R-1} > 0``.
+
+    Returns:
+      Scalar float32 temperature.
+
+    Raises:
+      ValueError: if ``num_rounds < 1`` or a temperature is not positive.
+    """
+    if num_rounds < 1:
+        raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+    if not (start > 0 and end > 0):
+        raise ValueError(f"start and end must be > 0, got {start} and {end}")
+    fraction = jnp.asarray(round_index, jnp.float32) / max(num_rounds - 1, 1)
+    return jnp.float32(start) * jnp.exp(fraction * jnp.log(jnp.float32(end / start)))
