@@ -34,15 +34,27 @@ METHODS = ("none", "uniform", "west_of_n", "mars", "mars_signed", "adaboost", "e
 
 __all__ = [
     "METHODS",
+    "TEMPERATURE_MODES",
     "Allocation",
+    "AllocationDiagnostics",
     "Draws",
+    "MarginStatistics",
     "adaboost_weights",
     "allocate",
+    "allocation_diagnostics",
+    "curriculum_temperature",
     "draw_from_pool",
+    "effective_sample_size",
+    "effective_temperature",
     "ensemble_weights",
+    "ess_temperature",
     "largest_remainder_budgets",
+    "margin_statistics",
     "mars_weights",
+    "mars_weights_with_mode",
     "pool_size_weights",
+    "scaled_margins",
+    "uniform_global_budgets",
 ]
 
 
@@ -369,3 +381,367 @@ def _rows_by_rank(rows: jax.Array, scores: jax.Array) -> jax.Array:
     rank = jnp.sum(ahead, axis=2)
     sources = jnp.arange(rows.shape[0])[:, None]
     return jnp.zeros_like(rows).at[sources, rank].set(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# The authors' unstratified uniform baseline (method.md section 6)
+# ---------------------------------------------------------------------------------------
+
+
+def uniform_global_budgets(key: jax.Array, offsets: jax.Array, *, budget: int) -> jax.Array:
+    """Per-base-pair budgets of ``B`` uniform draws from the whole pool, without replacement.
+
+    The authors' uniform baseline: ``B`` distinct pool rows, uniformly at random, so some
+    base pairs get none and some several. The budgets are the counts of drawn rows per
+    source, so ``b`` follows the multivariate hypergeometric law
+    (``E[b_i] = B n_i / P``); :func:`draw_from_pool` then draws ``b_i <= n_i`` distinct
+    rows of source ``i``, which makes the whole draw a uniform ``B``-subset of the pool.
+    Unlike :func:`largest_remainder_budgets` on :func:`pool_size_weights` (stratified),
+    the counts vary from round to round.
+
+    When the budget exceeds the pool (``B > P``), every row is taken ``B // P`` times and
+    the remaining ``B mod P`` rows are a uniform subset without replacement, so
+    ``b_i = (B // P) n_i + c_i`` with ``c`` hypergeometric. Such a ``b_i`` exceeds ``n_i``,
+    and :func:`draw_from_pool` then takes every row of source ``i`` once and the excess
+    uniformly with replacement (the counts per source follow the rule, not the counts per
+    row). An empty pool (``P == 0``) gives all-zero budgets (there is nothing to draw).
+
+    The subset is Floyd's algorithm, resolved without a sequential loop: one sort to find
+    repeated picks and ``ceil(log2 B)`` rounds of pointer jumping, ``O(B log B)`` work.
+    ``P`` may be traced; only ``B`` is static.
+
+    Args:
+      key: PRNG key.
+      offsets: ``[N + 1]`` int32 CSR offsets of the pool (``Pool.offsets``).
+      budget: static total number of draws ``B >= 0``.
+
+    Returns:
+      ``[N]`` int32 budgets summing to ``B`` (to 0 if the pool is empty).
+    """
+    offsets = jnp.asarray(offsets, jnp.int32)
+    counts = offsets[1:] - offsets[:-1]
+    num_sources = counts.shape[0]
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    if budget == 0:
+        return jnp.zeros(num_sources, jnp.int32)
+    total = offsets[-1]
+    safe_total = jnp.maximum(total, 1)
+    full_passes = budget // safe_total
+    rows, valid = _distinct_rows(key, safe_total, budget - full_passes * safe_total, size=budget)
+    source = jnp.clip(jnp.searchsorted(offsets, rows, side="right") - 1, 0, num_sources - 1)
+    drawn = jnp.zeros(num_sources, jnp.int32).at[source].add(valid.astype(jnp.int32))
+    return jnp.where(total > 0, full_passes * counts + drawn, 0).astype(jnp.int32)
+
+
+def _distinct_rows(
+    key: jax.Array, total: jax.Array, count: jax.Array, *, size: int
+) -> tuple[jax.Array, jax.Array]:
+    """A uniform ``count``-subset of ``[0, total)`` (``count <= min(size, total)``).
+
+    Floyd's algorithm: step ``j`` (for ``j < count``) picks ``t_j`` uniform in
+    ``[0, top_j]`` with ``top_j = total - count + j`` and adds ``t_j``, or ``top_j`` if
+    ``t_j`` is already in the set. The set before step ``j`` holds every earlier ``t``
+    plus the tops of earlier collisions, so ``t_j`` collides iff it repeats an earlier
+    ``t`` or equals the top of an earlier step that collided: a chain back to a first
+    repeat or a non-collision, followed here by pointer jumping.
+
+    Returns:
+      ``(rows[size], valid[size])``: the subset in its first ``count`` slots, 0 elsewhere.
+    """
+    step = jnp.arange(size, dtype=jnp.int32)
+    active = step < count
+    top = total - count + step
+    picks = jax.random.randint(key, (size,), 0, jnp.maximum(top, 0) + 1, dtype=jnp.int32)
+    picks = jnp.where(active, picks, -1 - step)
+    order = jnp.argsort(picks, stable=True)
+    ordered = picks[order]
+    repeat_sorted = jnp.concatenate([jnp.zeros(1, bool), ordered[1:] == ordered[:-1]])
+    repeat = jnp.zeros(size, bool).at[order].set(repeat_sorted)
+    earlier = picks - (total - count)
+    follows = active & ~repeat & (earlier >= 0) & (earlier < step)
+    parent = jnp.where(follows, earlier, step)
+    for _ in range(max(1, (size - 1).bit_length())):
+        parent = parent[parent]
+    rows = jnp.where(repeat[parent], top, picks)
+    return jnp.where(active, rows, 0), active
+
+
+# ---------------------------------------------------------------------------------------
+# Diagnostics: how far an allocation is from uniform, and what the margins look like
+# ---------------------------------------------------------------------------------------
+
+
+class AllocationDiagnostics(NamedTuple):
+    """How far one round's budgets are from a reference split (float32 scalars).
+
+    Attributes:
+      total_variation: ``0.5 * sum |b / sum(b) - u / sum(u)|`` in ``[0, 1]``; for equal
+        totals, 0 exactly when the budgets are equal (same proportions of different
+        totals give 0 up to float32 rounding).
+      effective_num_pairs: ``1 / sum(q²)`` with ``q = b / sum(b)``: ``N`` for an even split,
+        1 when one base pair gets everything (0 when ``sum(b) == 0``).
+      zero_share: fraction of base pairs with ``b_i == 0``.
+      max_budget: largest ``b_i``.
+    """
+
+    total_variation: jax.Array
+    effective_num_pairs: jax.Array
+    zero_share: jax.Array
+    max_budget: jax.Array
+
+
+def _proportions(budgets: jax.Array) -> jax.Array:
+    """``b / sum(b)`` as float32; all zeros when the sum is 0."""
+    budgets = jnp.asarray(budgets, jnp.float32)
+    total = jnp.sum(budgets)
+    return budgets / jnp.where(total > 0, total, 1.0)
+
+
+def allocation_diagnostics(
+    budgets: jax.Array, reference_budgets: jax.Array
+) -> AllocationDiagnostics:
+    """Distance of an allocation from a reference one, and how concentrated it is.
+
+    Method.md section 6: a claim about MARS is untestable where its budgets equal the
+    stratified uniform ones, so log this every round with the stratified uniform budgets
+    (``largest_remainder_budgets(pool_size_weights(offsets), ...)``) as the reference.
+
+    Args:
+      budgets: ``[N]`` integer (or float) budgets of the method.
+      reference_budgets: ``[N]`` budgets of the reference allocation.
+
+    Returns:
+      :class:`AllocationDiagnostics`.
+    """
+    share = _proportions(budgets)
+    reference = _proportions(reference_budgets)
+    concentration = jnp.sum(share * share)
+    return AllocationDiagnostics(
+        total_variation=0.5 * jnp.sum(jnp.abs(share - reference)),
+        effective_num_pairs=jnp.where(
+            concentration > 0, 1.0 / jnp.where(concentration > 0, concentration, 1.0), 0.0
+        ),
+        zero_share=jnp.mean((jnp.asarray(budgets) == 0).astype(jnp.float32)),
+        max_budget=jnp.max(jnp.asarray(budgets)).astype(jnp.float32),
+    )
+
+
+class MarginStatistics(NamedTuple):
+    """Summary of a set of signed margins (float32 scalars).
+
+    Attributes:
+      mean: mean margin.
+      std: standard deviation of the margins.
+      abs_q10, abs_q25, abs_median, abs_q75, abs_q90: quantiles of ``|m|`` (linear
+        interpolation, as ``numpy.quantile``).
+      negative_share: fraction of margins below 0 (mis-ranked pairs).
+    """
+
+    mean: jax.Array
+    std: jax.Array
+    abs_q10: jax.Array
+    abs_q25: jax.Array
+    abs_median: jax.Array
+    abs_q75: jax.Array
+    abs_q90: jax.Array
+    negative_share: jax.Array
+
+
+def margin_statistics(margins: jax.Array) -> MarginStatistics:
+    """Mean, spread, ``|m|`` quantiles and share mis-ranked of ``[N]`` margins (``N >= 1``)."""
+    margins = jnp.asarray(margins, jnp.float32)
+    quantiles = jnp.quantile(jnp.abs(margins), jnp.array([0.1, 0.25, 0.5, 0.75, 0.9]))
+    return MarginStatistics(
+        jnp.mean(margins),
+        jnp.std(margins),
+        *(quantiles[i] for i in range(5)),
+        negative_share=jnp.mean((margins < 0).astype(jnp.float32)),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Temperature modes (beyond the paper; method.md section 6)
+# ---------------------------------------------------------------------------------------
+
+TEMPERATURE_MODES = ("fixed", "normalized", "target_ess")
+"""How :func:`effective_temperature` turns the settings into the ``tau`` of the softmax."""
+
+_ESS_LOG_TAU_RANGE = (-12.0, 14.0)
+_ESS_BISECTION_STEPS = 48
+
+
+def effective_sample_size(weights: jax.Array) -> jax.Array:
+    """``1 / sum(q²)`` with ``q = weights / sum(weights)`` (``[N] -> []``), in ``[1, N]``."""
+    share = _proportions(weights)
+    return 1.0 / jnp.sum(share * share)
+
+
+def _softmax_log_ess(scores: jax.Array, temperature: jax.Array) -> jax.Array:
+    """``log ESS`` of ``softmax(-temperature * scores)``, without forming the weights."""
+    logits = -temperature * scores
+    return 2.0 * jax.nn.logsumexp(logits) - jax.nn.logsumexp(2.0 * logits)
+
+
+def ess_temperature(scores: jax.Array, *, ess_fraction: float | jax.Array) -> jax.Array:
+    """The ``tau >= 0`` at which ``softmax(-tau * scores)`` has ESS ``ess_fraction * N``.
+
+    The ESS of ``softmax(-tau s)`` falls monotonically from ``N`` at ``tau = 0`` to the
+    number of pairs tied at ``min(s)`` as ``tau -> inf`` (``d log ESS / d tau`` is twice
+    the drop in the mean score from ``q`` to ``softmax(-2 tau s)``, never positive), so a
+    bisection on ``log tau`` (a compiled loop of fixed length, on scores rescaled to
+    ``[0, 1]``) finds it. ``ess_fraction >= 1`` or constant scores give 0; a target below
+    the number of tied minima gives the largest ``tau`` searched (about ``1.2e6 / range``).
+
+    Args:
+      scores: ``[N]`` scores (``|m|`` for v1 MARS, ``m`` for signed).
+      ess_fraction: target ``ESS / N`` in ``(0, 1]`` (may be traced).
+
+    Returns:
+      Scalar float32 ``tau`` for the unscaled ``scores``.
+    """
+    scores = jnp.asarray(scores, jnp.float32)
+    lowest = jnp.min(scores)
+    spread = jnp.max(scores) - lowest
+    safe_spread = jnp.where(spread > 0, spread, 1.0)
+    unit = (scores - lowest) / safe_spread
+    log_target = jnp.log(jnp.asarray(ess_fraction, jnp.float32) * scores.shape[0])
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = 0.5 * (low + high)
+        too_flat = _softmax_log_ess(unit, jnp.exp(middle)) > log_target
+        return jnp.where(too_flat, middle, low), jnp.where(too_flat, high, middle)
+
+    low, high = (jnp.asarray(bound, jnp.float32) for bound in _ESS_LOG_TAU_RANGE)
+    low, high = jax.lax.fori_loop(0, _ESS_BISECTION_STEPS, halve, (low, high))
+    tau = jnp.exp(0.5 * (low + high)) / safe_spread
+    return jnp.where((spread > 0) & (ess_fraction < 1), tau, 0.0)
+
+
+def _allocation_scores(margins: jax.Array, signed: bool) -> jax.Array:
+    """``m`` (signed, v2) or ``|m|`` (v1): lower scores get more budget."""
+    margins = jnp.asarray(margins)
+    return margins if signed else jnp.abs(margins)
+
+
+def effective_temperature(
+    margins: jax.Array,
+    *,
+    mode: str,
+    temperature: float | jax.Array | None = None,
+    ess_fraction: float | jax.Array | None = None,
+    signed: bool = False,
+) -> jax.Array:
+    """The ``tau`` that multiplies the raw scores (``|m|``, or ``m`` if ``signed``).
+
+    Modes:
+
+    - ``"fixed"``: ``temperature`` as given (the paper; :func:`mars_weights`).
+    - ``"normalized"``: ``temperature / std(s)`` (``std`` of the scores, 1 where it is 0),
+      so the weights do not change when every margin is scaled by the same ``c > 0``.
+    - ``"target_ess"``: solved per call by :func:`ess_temperature` so the weights' effective
+      sample size is ``ess_fraction * N``; ``temperature`` is unused.
+
+    Why: at ``tau = 0.1`` and ``B / N = 2`` softmax weights over margins of a few units are
+    nearly flat, and largest remainder then returns the stratified uniform budgets.
+
+    Args:
+      margins: ``[N]`` signed margins of the base pairs.
+      mode: one of :data:`TEMPERATURE_MODES` (static).
+      temperature: ``tau`` for ``fixed`` and ``normalized``.
+      ess_fraction: target ``ESS / N`` in ``(0, 1]`` for ``target_ess``.
+      signed: score by the signed margin (v2) rather than its absolute value (v1).
+
+    Returns:
+      Scalar float32 ``tau``.
+
+    Raises:
+      ValueError: on an unknown mode or a missing setting for it.
+    """
+    if mode not in TEMPERATURE_MODES:
+        raise ValueError(f"mode must be one of {TEMPERATURE_MODES}, got {mode!r}")
+    needed = "ess_fraction" if mode == "target_ess" else "temperature"
+    if (ess_fraction if mode == "target_ess" else temperature) is None:
+        raise ValueError(f"mode {mode!r} needs {needed}")
+    scores = _allocation_scores(margins, signed)
+    if mode == "target_ess":
+        return ess_temperature(scores, ess_fraction=ess_fraction)
+    tau = jnp.asarray(temperature, jnp.float32)
+    if mode == "fixed":
+        return tau
+    spread = jnp.std(scores.astype(jnp.float32))
+    return tau / jnp.where(spread > 0, spread, 1.0)
+
+
+def scaled_margins(
+    margins: jax.Array,
+    *,
+    mode: str,
+    temperature: float | jax.Array | None = None,
+    ess_fraction: float | jax.Array | None = None,
+    signed: bool = False,
+) -> jax.Array:
+    """``tau * s`` (``[N]``): the MARS weights are ``softmax(-scaled_margins(...))``.
+
+    ``s`` is ``|m|`` (or ``m`` if ``signed``) and ``tau`` is
+    :func:`effective_temperature` (same arguments).
+    """
+    tau = effective_temperature(
+        margins, mode=mode, temperature=temperature, ess_fraction=ess_fraction, signed=signed
+    )
+    return tau * _allocation_scores(margins, signed)
+
+
+def mars_weights_with_mode(
+    margins: jax.Array,
+    *,
+    mode: str,
+    temperature: float | jax.Array | None = None,
+    ess_fraction: float | jax.Array | None = None,
+    signed: bool = False,
+) -> jax.Array:
+    """MARS weights ``softmax(-tau * s)`` with ``tau`` set by ``mode`` (``[N] -> [N]``).
+
+    ``mode="fixed"`` equals :func:`mars_weights`; see :func:`effective_temperature` for the
+    other modes.
+    """
+    return jax.nn.softmax(
+        -scaled_margins(
+            margins, mode=mode, temperature=temperature, ess_fraction=ess_fraction, signed=signed
+        )
+    )
+
+
+def curriculum_temperature(
+    round_index: int | jax.Array,
+    num_rounds: int,
+    *,
+    start: float,
+    end: float,
+) -> jax.Array:
+    """Temperature of round ``t`` on a geometric path from ``start`` to ``end``.
+
+    ``tau_t = start * (end / start) ** (t / (R - 1))`` for ``t = 0 .. R - 1`` (``start``
+    for ``R == 1``): equal ratios between successive rounds, so an annealing from
+    ``0.1`` to ``10`` over 5 rounds is ``0.1, 0.32, 1, 3.2, 10``. Feed it to the
+    ``temperature`` of the ``fixed`` or ``normalized`` mode.
+
+    Args:
+      round_index: ``t`` (0-based; may be traced).
+      num_rounds: ``R >= 1``.
+      start: ``tau_0 > 0``.
+      end: ``tau_{R-1} > 0``.
+
+    Returns:
+      Scalar float32 temperature.
+
+    Raises:
+      ValueError: if ``num_rounds < 1`` or a temperature is not positive.
+    """
+    if num_rounds < 1:
+        raise ValueError(f"num_rounds must be >= 1, got {num_rounds}")
+    if not (start > 0 and end > 0):
+        raise ValueError(f"start and end must be > 0, got {start} and {end}")
+    fraction = jnp.asarray(round_index, jnp.float32) / max(num_rounds - 1, 1)
+    return jnp.float32(start) * jnp.exp(fraction * jnp.log(jnp.float32(end / start)))

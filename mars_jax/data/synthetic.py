@@ -22,6 +22,39 @@ stream per stage, so e.g. changing ``label_flip_rate`` leaves every other draw u
   (the higher-reward response is chosen; exact ties are dropped).
 - **Pool.** :func:`make_pool_variations` on the base pairs (the scheme of method.md §2).
 
+Two regimes (``regime=``) differ in the base labels and the pool's labels; the held-out set
+is the same in both:
+
+- ``"noisy"`` (the default; the process above): Bradley-Terry labels, inherited by the
+  variants. The lowest-margin base pairs are then close to coin flips and their variants
+  repeat the coin flip, so a method that spends its budget on them spends it on noise
+  (method.md §6).
+- ``"informative"``: labels carry the true preference, also where the margin is small.
+
+  - **Hard pairs.** Exactly ``round(hard_fraction * N)`` random base pairs are made hard:
+    their second response ``b`` is moved along the segment towards the first, ``a``, to
+    ``a + t (b - a)`` with ``t`` in ``(0, 1]`` found by bisection so that
+    ``|r(a) - r(b')|`` equals a target drawn uniformly from ``[0, hard_margin)`` (a pair
+    whose margin is already below its target is kept). A hard pair has a small true
+    margin, a correct label and close features; :attr:`SyntheticSuite.base_hard` marks it.
+  - **Labels.** The response with the higher true reward is chosen; then each non-hard
+    label is flipped independently with probability ``label_noise`` (errors independent
+    of the margin), and finally the ``round(label_flip_rate * N)`` flips above apply to
+    all pairs. ``flipped`` marks the pairs whose label ends up wrong, so
+    ``true_margin < 0`` exactly where ``flipped``.
+  - **Pool.** The same variations, re-labelled by the true reward: a variant's chosen and
+    rejected responses are swapped where needed so that it agrees with the true reward
+    exactly when its base pair's label does (the variants of a mislabelled pair carry the
+    same error, as paraphrases of an annotator's mistake would). So pool labels agree with
+    the true reward at the base pairs' rate and ``pool_drift_fraction`` is 0.
+
+  The ``info`` of this regime has five more entries: ``regime``, ``label_noise``,
+  ``num_noise_flips``, ``num_hard_pairs`` and ``hard_margin``.
+
+The ``noisy`` outputs are bit-identical to those before the regimes existed. The
+``informative`` regime draws its label noise from the label stream and its hard pairs from
+a seventh child stream of the seed.
+
 Every returned array is a ``jax.Array``; features and margins are float32.
 """
 
@@ -38,6 +71,7 @@ from mars_jax.errors import MarsError
 from mars_jax.types import Pool
 
 __all__ = [
+    "REGIMES",
     "PairSet",
     "RewardParams",
     "RngLike",
@@ -46,6 +80,9 @@ __all__ = [
     "make_synthetic_suite",
     "true_reward",
 ]
+
+REGIMES = ("noisy", "informative")
+"""The labelling regimes of :func:`make_synthetic_suite` (see the module docstring)."""
 
 RngLike = np.random.Generator | int | jax.Array
 """A numpy ``Generator``, an integer seed, or a JAX PRNG key (typed or raw ``uint32``)."""
@@ -103,7 +140,10 @@ class SyntheticSuite(NamedTuple):
         expectation before flips, ``mean σ(-|margin|)``), ``pool_label_disagreement`` (fraction
         of pool pairs whose true preference differs from their inherited label),
         ``pool_drift_fraction`` (fraction whose true preference differs from their base pair's)
-        and ``reward_std`` (realised std of true rewards over the base prompts' responses).
+        and ``reward_std`` (realised std of true rewards over the base prompts' responses);
+        the ``informative`` regime adds the entries listed in the module docstring.
+      base_hard: ``[N]`` bool, the base pairs made hard (small true margin, correct
+        label; all False in the ``noisy`` regime).
     """
 
     base: PairSet
@@ -112,6 +152,7 @@ class SyntheticSuite(NamedTuple):
     pool_true_margin: jax.Array
     reward_params: RewardParams
     info: dict[str, Any]
+    base_hard: jax.Array
 
 
 def true_reward(params: RewardParams, features: jax.Array) -> jax.Array:
@@ -267,6 +308,71 @@ def make_pool_variations(
     )
 
 
+def _make_hard(
+    rng: np.random.Generator,
+    params: RewardParams,
+    first: np.ndarray,
+    second: np.ndarray,
+    *,
+    num_hard: int,
+    hard_margin: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move the second response of ``num_hard`` random pairs towards the first.
+
+    For each chosen pair, ``second`` becomes ``first + t (second - first)`` with ``t`` in
+    ``(0, 1]`` such that ``|r(first) - r(second)|`` equals a target uniform in
+    ``[0, hard_margin)`` (bisection on ``t``; the gap is 0 at ``t = 0``, so a crossing
+    exists whenever the gap at ``t = 1`` exceeds the target; otherwise ``t = 1``).
+
+    Returns:
+      ``(second[N, D] float32, hard[N] bool)``.
+    """
+    num_pairs = first.shape[0]
+    hard = np.zeros(num_pairs, bool)
+    rows = rng.choice(num_pairs, num_hard, replace=False)
+    hard[rows] = True
+    target = hard_margin * rng.random(num_hard)
+    start = first[rows].astype(np.float64)
+    step = second[rows].astype(np.float64) - start
+    start_reward = _host_reward(params, start)
+
+    def gap(t: np.ndarray) -> np.ndarray:
+        return np.abs(start_reward - _host_reward(params, start + t[:, None] * step))
+
+    low, high = np.zeros(num_hard), np.ones(num_hard)
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        above = gap(middle) > target
+        low, high = np.where(above, low, middle), np.where(above, middle, high)
+    t = np.where(gap(np.ones(num_hard)) > target, high, 1.0)
+    second = second.copy()
+    second[rows] = (start + t[:, None] * step).astype(np.float32)
+    return second, hard
+
+
+def _orient_pool(
+    pool: Pool, margin: np.ndarray, source_wrong: np.ndarray
+) -> tuple[Pool, np.ndarray]:
+    """Swap pool pairs so each agrees with the true reward iff its base pair's label does.
+
+    Args:
+      pool: the pool, in the base pairs' orientation.
+      margin: ``[P]`` true margins of the pool pairs as given.
+      source_wrong: ``[N]`` bool, whether each base pair's label is wrong.
+
+    Returns:
+      The re-oriented pool and its ``[P]`` true margins (exact ties are left as they are).
+    """
+    wrong = source_wrong[np.asarray(pool.source)]
+    swap = (margin != 0) & ((margin < 0) != wrong)
+    chosen, rejected = np.asarray(pool.chosen), np.asarray(pool.rejected)
+    oriented = pool._replace(
+        chosen=jnp.asarray(np.where(swap[:, None], rejected, chosen)),
+        rejected=jnp.asarray(np.where(swap[:, None], chosen, rejected)),
+    )
+    return oriented, np.where(swap, -margin, margin)
+
+
 def _pair_set(
     chosen: np.ndarray,
     rejected: np.ndarray,
@@ -294,6 +400,10 @@ def _validate(
     nonlinear_weight: float,
     reward_scale: float,
     label_flip_rate: float,
+    regime: str,
+    label_noise: float,
+    hard_fraction: float,
+    hard_margin: float,
 ) -> None:
     """Raise ``MarsError`` on arguments the suite cannot honour."""
     if num_base_pairs < 1 or num_heldout_pairs < 0:
@@ -319,6 +429,18 @@ def _validate(
         )
     if not 0.0 <= label_flip_rate <= 1.0:
         raise MarsError(f"label_flip_rate must be in [0, 1]; got {label_flip_rate}")
+    if regime not in REGIMES:
+        raise MarsError(f"regime must be one of {REGIMES}; got {regime!r}")
+    if not (0.0 <= label_noise <= 1.0 and 0.0 <= hard_fraction <= 1.0 and hard_margin > 0):
+        raise MarsError(
+            "need label_noise and hard_fraction in [0, 1] and hard_margin > 0; got "
+            f"{label_noise}, {hard_fraction} and {hard_margin}"
+        )
+    if regime == "noisy" and (label_noise or hard_fraction):
+        raise MarsError(
+            "label_noise and hard_fraction apply to regime 'informative' only; got "
+            f"{label_noise} and {hard_fraction} with regime 'noisy'"
+        )
 
 
 def make_synthetic_suite(
@@ -335,6 +457,10 @@ def make_synthetic_suite(
     reward_scale: float = 3.0,
     label_flip_rate: float = 0.0,
     pairs_per_prompt: int = _DEFAULT_PAIRS_PER_PROMPT,
+    regime: str = "noisy",
+    label_noise: float = 0.0,
+    hard_fraction: float = 0.0,
+    hard_margin: float = 0.5,
 ) -> SyntheticSuite:
     """Build the synthetic preference suite (see the module docstring for the process).
 
@@ -351,6 +477,11 @@ def make_synthetic_suite(
       reward_scale: std of the true reward over responses.
       label_flip_rate: fraction of base labels flipped after Bradley-Terry labelling.
       pairs_per_prompt: distinct response pairs drawn per prompt.
+      regime: ``"noisy"`` (Bradley-Terry labels, inherited by the pool) or
+        ``"informative"`` (true-reward labels, pool re-labelled by the true reward).
+      label_noise: ``informative`` only: probability of flipping each non-hard base label.
+      hard_fraction: ``informative`` only: share of base pairs made hard.
+      hard_margin: ``informative`` only: hard pairs' true margins are below this.
 
     Returns:
       The ``SyntheticSuite``.
@@ -367,10 +498,14 @@ def make_synthetic_suite(
         nonlinear_weight=nonlinear_weight,
         reward_scale=reward_scale,
         label_flip_rate=label_flip_rate,
+        regime=regime,
+        label_noise=label_noise,
+        hard_fraction=hard_fraction,
+        hard_margin=hard_margin,
     )
-    reward_seq, base_seq, label_seq, flip_seq, heldout_seq, pool_seq = np.random.SeedSequence(
-        seed
-    ).spawn(6)
+    root_seq = np.random.SeedSequence(seed)
+    reward_seq, base_seq, label_seq, flip_seq, heldout_seq, pool_seq = root_seq.spawn(6)
+    informative = regime == "informative"
     params = _make_reward_params(
         np.random.default_rng(reward_seq),
         feature_dim=feature_dim,
@@ -388,9 +523,24 @@ def make_synthetic_suite(
         np.random.default_rng(base_seq), num_prompts=num_base_prompts, **prompt_kwargs
     )
     first, second, prompt = first[:num_base_pairs], second[:num_base_pairs], prompt[:num_base_pairs]
+    hard = np.zeros(num_base_pairs, bool)
+    if informative:
+        (hard_seq,) = root_seq.spawn(1)
+        second, hard = _make_hard(
+            np.random.default_rng(hard_seq),
+            params,
+            first,
+            second,
+            num_hard=round(hard_fraction * num_base_pairs),
+            hard_margin=hard_margin,
+        )
     first_margin = _host_reward(params, first) - _host_reward(params, second)
     label_rng = np.random.default_rng(label_seq)
-    first_wins = label_rng.random(num_base_pairs) < _sigmoid(first_margin)
+    if informative:
+        noise = (label_rng.random(num_base_pairs) < label_noise) & ~hard
+        first_wins = (first_margin > 0) ^ noise
+    else:
+        first_wins = label_rng.random(num_base_pairs) < _sigmoid(first_margin)
     num_flips = round(label_flip_rate * num_base_pairs)
     flipped = np.zeros(num_base_pairs, bool)
     flipped[np.random.default_rng(flip_seq).choice(num_base_pairs, num_flips, replace=False)] = True
@@ -401,7 +551,7 @@ def make_synthetic_suite(
         np.where(first_chosen[:, None], second, first),
         prompt,
         sign * first_margin,
-        flipped,
+        flipped ^ noise if informative else flipped,
     )
 
     heldout_rng = np.random.default_rng(heldout_seq)
@@ -452,6 +602,8 @@ def make_synthetic_suite(
         params, np.asarray(pool.rejected)
     )
     base_margin = np.asarray(base.true_margin)
+    if informative:
+        pool, pool_margin = _orient_pool(pool, pool_margin, base_margin < 0)
     info = {
         "num_base_pairs": num_base_pairs,
         "num_heldout_pairs": num_heldout_pairs,
@@ -468,6 +620,14 @@ def make_synthetic_suite(
         ),
         "reward_std": float(np.std(_host_reward(params, responses))),
     }
+    if informative:
+        info |= {
+            "regime": regime,
+            "label_noise": label_noise,
+            "num_noise_flips": int(noise.sum()),
+            "num_hard_pairs": int(hard.sum()),
+            "hard_margin": hard_margin,
+        }
     return SyntheticSuite(
         base=base,
         heldout=heldout,
@@ -475,4 +635,5 @@ def make_synthetic_suite(
         pool_true_margin=jnp.asarray(pool_margin, jnp.float32),
         reward_params=params,
         info=info,
+        base_hard=jnp.asarray(hard),
     )
