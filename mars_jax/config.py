@@ -81,7 +81,7 @@ class DataConfig:
     format: str = _opt(
         "auto",
         "format of the preference files",
-        choices=("auto", "trl", "hh_rlhf", "summarize", "ranked"),
+        choices=("auto", "trl", "hh_rlhf", "summarize", "ranked", "stackexchange"),
     )
     skip_invalid: bool = _opt(False, "skip malformed records (counted) instead of stopping")
     heldout_fraction: float = _opt(
