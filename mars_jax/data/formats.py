@@ -37,9 +37,21 @@ Formats (the names :func:`read_pairs` takes):
   response (at least 2). Every pair of responses becomes a row with the better one chosen, in
   the order (0, 1), (0, 2), ..., (1, 2), ...; the margin is the score difference, NaN for ranks.
   A pair with equal scores (or ranks) is skipped and counted in :attr:`ReadResult.ties`.
+- ``stackexchange`` (:func:`read_stackexchange`): StackExchange answer ranking in the
+  ``HuggingFaceH4/stack-exchange-preferences`` schema, ``{"qid"?, "title"?, "question",
+  "answers": [{"pm_score", "text"}, ...], "site"?, "metadata"?}``, one question per record with
+  HTML bodies, turned into text by :func:`~mars_jax.data.html_text.html_to_text` (the title is
+  plain text). The prompt is the title (if present), a blank line, and the question. Every pair
+  of answers with different ``pm_score`` becomes a row with the higher score chosen, in the
+  order of the ``ranked`` format; the margin is the ``pm_score`` difference. Pairs of answers
+  with equal scores are counted in :attr:`ReadResult.ties`; a question with fewer than 2
+  distinct scores gives no rows (not an error). An answer whose text is empty once the HTML is
+  removed is an error.
 
 Margins are NaN where the format gives none. Rows are grouped by their prompt text (by the post
-id, ``info.id``, for ``summarize``); a record with an empty prompt is a group of its own (see
+id, ``info.id``, for ``summarize``; for ``stackexchange`` by the question: its address
+``metadata[0]`` when that is a non-empty string, else ``site`` and ``qid`` when ``qid`` is given,
+else the prompt text); a record with an empty prompt is a group of its own (see
 :mod:`mars_jax.data.table`).
 """
 
@@ -58,6 +70,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mars_jax.data.html_text import html_to_text
 from mars_jax.data.table import PairTable
 from mars_jax.errors import MarsError
 
@@ -69,11 +82,12 @@ __all__ = [
     "read_hh_rlhf",
     "read_pairs",
     "read_ranked_jsonl",
+    "read_stackexchange",
     "read_summarize_comparisons",
     "read_trl_jsonl",
 ]
 
-FORMATS = ("trl", "hh_rlhf", "summarize", "ranked")
+FORMATS = ("trl", "hh_rlhf", "summarize", "ranked", "stackexchange")
 """The format names :func:`read_pairs` takes, besides ``"auto"``."""
 
 _PathLike = str | os.PathLike[str]
@@ -372,11 +386,59 @@ def _parse_ranked(record: dict[str, Any], origin: str) -> tuple[list[_Pair], int
     return pairs, ties
 
 
+def _stackexchange_group(record: dict[str, Any], prompt: str, origin: str) -> str:
+    """The group key of a question (see the module docstring)."""
+    metadata = record.get("metadata")
+    if isinstance(metadata, list) and metadata and isinstance(metadata[0], str) and metadata[0]:
+        return f"question:{metadata[0]}"
+    qid = record.get("qid")
+    if qid is None:
+        return _group_key(prompt, origin)
+    if isinstance(qid, bool) or not isinstance(qid, int | str):
+        raise _RecordError("qid", f"expected a number or a string, got {_json_type(qid)}")
+    site = _optional_string(record, "site", "site")
+    return f"question:{site}:{qid}"
+
+
+def _parse_stackexchange(record: dict[str, Any], origin: str) -> tuple[list[_Pair], int]:
+    """One StackExchange question with its answers (see the module docstring)."""
+    question = _string(_required(record, "question", "question"), "question")
+    title = " ".join(_optional_string(record, "title", "title").split())  # plain text, not HTML
+    prompt = "\n\n".join(part for part in (title, html_to_text(question)) if part)
+    answers = _required(record, "answers", "answers")
+    if not isinstance(answers, list):
+        raise _RecordError("answers", f"expected a list of answers, got {_json_type(answers)}")
+    texts, scores = [], []
+    for i, item in enumerate(answers):
+        answer = _object(item, f"answers[{i}]")
+        score = _number(
+            _required(answer, "pm_score", f"answers[{i}].pm_score"), f"answers[{i}].pm_score"
+        )
+        html = _string(_required(answer, "text", f"answers[{i}].text"), f"answers[{i}].text")
+        text = html_to_text(html)
+        if not text:
+            raise _RecordError(f"answers[{i}].text", "empty (no text once the HTML is removed)")
+        texts.append(text)
+        scores.append(score)
+    group_key = _stackexchange_group(record, prompt, origin)
+    pairs, ties = [], 0
+    for i, j in itertools.combinations(range(len(texts)), 2):
+        if scores[i] == scores[j]:
+            ties += 1
+            continue
+        better, worse = (i, j) if scores[i] > scores[j] else (j, i)
+        pairs.append(
+            _Pair(prompt, texts[better], texts[worse], scores[better] - scores[worse], group_key)
+        )
+    return pairs, ties
+
+
 _PARSERS: dict[str, _Parser] = {
     "trl": _parse_trl,
     "hh_rlhf": _parse_hh,
     "summarize": _parse_summarize,
     "ranked": _parse_ranked,
+    "stackexchange": _parse_stackexchange,
 }
 
 
@@ -499,8 +561,15 @@ def read_ranked_jsonl(path: _PathLike, *, skip_invalid: bool = False) -> ReadRes
     return _read_file(path, "ranked", skip_invalid=skip_invalid)
 
 
+def read_stackexchange(path: _PathLike, *, skip_invalid: bool = False) -> ReadResult:
+    """Read StackExchange questions with answers (format ``stackexchange``; see the module doc)."""
+    return _read_file(path, "stackexchange", skip_invalid=skip_invalid)
+
+
 def _format_of(record: dict[str, Any]) -> str:
     """The format a record's keys suggest."""
+    if "question" in record and "answers" in record:
+        return "stackexchange"
     if "summaries" in record and "info" in record:
         return "summarize"
     if "responses" in record:
@@ -516,9 +585,10 @@ def _format_of(record: dict[str, Any]) -> str:
 def detect_format(path: _PathLike) -> str:
     """The format of a file, from the keys of its first line that is a JSON object.
 
-    ``info`` and ``summaries`` -> ``summarize``; ``responses`` -> ``ranked``; no ``prompt`` and
-    ``chosen`` and ``rejected`` both strings starting with ``"\\n\\nHuman:"`` -> ``hh_rlhf``;
-    anything else (also a file with no JSON object line) -> ``trl``.
+    ``question`` and ``answers`` -> ``stackexchange``; ``info`` and ``summaries`` ->
+    ``summarize``; ``responses`` -> ``ranked``; no ``prompt`` and ``chosen`` and ``rejected``
+    both strings starting with ``"\\n\\nHuman:"`` -> ``hh_rlhf``; anything else (also a file
+    with no JSON object line) -> ``trl``.
     """
     empty = True
     with closing(_lines(Path(path))) as lines:
