@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from mars_jax.config import ConfigError, load_config
+
 from mars_jax.data.formats import (
     FORMATS,
     detect_format,
