@@ -2,8 +2,9 @@
 
 Runs the library's own runner (:func:`mars_jax.runner.experiment.run_experiment`) in-process, one
 *cell* at a time. A cell is (experiment, data set, name, method set, config overrides) and
-runs once per training seed (``train.seed = 0..S-1``; ``data.seed`` stays that of the data
-set's config). Every (cell, seed) writes one raw JSON file
+runs once per seed pairing ``k = 0..S-1``: ``train.seed = k`` and ``data.seed`` = the data
+set's own plus ``k``, so the base subset, the held-out set and the pool change with the training
+seed and the intervals cover both. Every (cell, seed) writes one raw JSON file
 
     RESULTS/EXPERIMENT/DATASET/CELL-seedK.json
 
@@ -124,11 +125,12 @@ class Cell(NamedTuple):
         return results / self.experiment / self.dataset / f"{self.name}-seed{seed}.json"
 
     def config(self, config_path: Path, seed: int) -> Config:
-        """The cell's validated config for training seed ``seed``."""
+        """The cell's validated config for seed pairing ``seed`` (training and data seed)."""
         overrides = list(self.overrides)
         if self.methods is not None:
             overrides.append("refine.methods=" + json.dumps(list(self.methods)))
-        overrides.append(f"train.seed={seed}")
+        data_seed = load_config(config_path, overrides).data.seed + seed
+        overrides += [f"train.seed={seed}", f"data.seed={data_seed}"]
         return load_config(config_path, overrides)
 
 
@@ -222,6 +224,8 @@ def _method_record(summary: dict[str, Any], rounds: list[dict[str, Any]]) -> dic
         "budget_spent": summary["budget_spent"],
         "budget_max_per_round": [r["budget_max"] for r in rounds],
         "budget_zero_fraction_per_round": [r["budget_zero_fraction"] for r in rounds],
+        "allocation_per_round": [r["allocation"] for r in rounds],
+        "margin_statistics_per_round": [r["margin_statistics"] for r in rounds],
         "seconds": summary["seconds"],
     }
     curvature = [r["curvature"] for r in rounds if "curvature" in r]

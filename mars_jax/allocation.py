@@ -11,6 +11,7 @@ method                    weights over base pairs     order of draws within a so
 ========================  ==========================  ==============================
 none                      (no synthetic pairs)        --
 uniform                   proportional to pool size   random
+uniform_global            :func:`uniform_global_budgets` (unstratified)  random
 west_of_n                 proportional to pool size   highest synthetic margin first
 mars / mars_signed        :func:`mars_weights`        random
 ensemble                  :func:`ensemble_weights`    random
@@ -18,9 +19,13 @@ adaboost                  (no synthetic pairs; base-pair loss weights from
                           :func:`adaboost_weights`)
 ========================  ==========================  ==============================
 
-Uniform is *stratified*: its budgets are the largest-remainder split of ``B`` in
+``uniform`` is *stratified*: its budgets are the largest-remainder split of ``B`` in
 proportion to pool sizes, so each base pair gets ``B / N`` pairs in expectation, as
 independent uniform draws from the whole pool would give, with less variance.
+``uniform_global`` is the authors' baseline: ``B`` rows drawn from the whole pool without
+replacement, so some base pairs get none and some several (method.md section 6).
+MARS's ``tau`` can be set per round (:data:`TEMPERATURE_MODES`: fixed, normalised by the
+spread of ``|m|``, or solved for a target effective sample size).
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-METHODS = ("none", "uniform", "west_of_n", "mars", "mars_signed", "adaboost", "ensemble")
+METHODS = (
+    "none",
+    "uniform",
+    "uniform_global",
+    "west_of_n",
+    "mars",
+    "mars_signed",
+    "adaboost",
+    "ensemble",
+)
 
 __all__ = [
     "METHODS",
@@ -277,11 +291,17 @@ class Allocation(NamedTuple):
       budgets: ``[N]`` int32 synthetic pairs per base pair.
       base_weights: ``[N]`` loss weights of the base pairs (1 except for ``adaboost``).
       draws: the drawn pool rows (``S = num_draws`` slots).
+      reference_budgets: ``[N]`` the stratified uniform budgets of the same round (same
+        tie-break key), the reference of :func:`allocation_diagnostics`.
+      temperature: scalar ``tau`` the MARS weights used (the given one in ``fixed`` mode;
+        0 for methods without a temperature).
     """
 
     budgets: jax.Array
     base_weights: jax.Array
     draws: Draws
+    reference_budgets: jax.Array
+    temperature: jax.Array
 
 
 def allocate(
@@ -293,6 +313,8 @@ def allocate(
     num_draws: int,
     max_per_source: int,
     temperature: float = 1.0,
+    temperature_mode: str = "fixed",
+    ess_fraction: float | None = None,
     priority: jax.Array | None = None,
 ) -> Allocation:
     """Weights, integer budgets and pool draws of one round for ``method``.
@@ -309,6 +331,8 @@ def allocate(
       max_per_source: the largest pool of any base pair.
       temperature: the method's temperature: ``tau`` of :func:`mars_weights`,
         :func:`ensemble_weights` or :func:`adaboost_weights` (unused by the others).
+      temperature_mode: how MARS's ``tau`` is set (:data:`TEMPERATURE_MODES`).
+      ess_fraction: target effective sample size ``/ N`` of the ``target_ess`` mode.
       priority: ``[P]`` draw order for ``west_of_n`` (the pool pairs' margins).
 
     Returns:
@@ -317,19 +341,32 @@ def allocate(
     margins = member_margins.mean(axis=0)
     num_base = margins.shape[0]
     base_weights = jnp.ones(num_base, jnp.float32)
+    tau = jnp.zeros((), jnp.float32)
     if method == "adaboost":
         base_weights = adaboost_weights(margins, temperature=temperature)
-    if method in ("mars", "mars_signed"):
+    if method in ("mars", "mars_signed") and temperature_mode == "fixed":
         weights = mars_weights(margins, temperature=temperature, signed=method == "mars_signed")
+        tau = jnp.asarray(temperature, jnp.float32)
+    elif method in ("mars", "mars_signed"):
+        options = {"temperature": temperature, "ess_fraction": ess_fraction}
+        signed = method == "mars_signed"
+        tau = effective_temperature(margins, mode=temperature_mode, signed=signed, **options)
+        weights = mars_weights_with_mode(margins, mode=temperature_mode, signed=signed, **options)
     elif method == "ensemble":
         weights = ensemble_weights(member_margins, temperature=temperature)
     else:
         weights = pool_size_weights(pool_offsets)
     budget_key, draw_key = jax.random.split(key)
     if num_draws:
-        budgets = largest_remainder_budgets(weights, budget=num_draws, key=budget_key)
+        reference = largest_remainder_budgets(
+            pool_size_weights(pool_offsets), budget=num_draws, key=budget_key
+        )
+        if method == "uniform_global":
+            budgets = uniform_global_budgets(budget_key, pool_offsets, budget=num_draws)
+        else:
+            budgets = largest_remainder_budgets(weights, budget=num_draws, key=budget_key)
     else:
-        budgets = jnp.zeros(num_base, jnp.int32)
+        budgets = reference = jnp.zeros(num_base, jnp.int32)
     draws = draw_from_pool(
         draw_key,
         budgets,
@@ -338,7 +375,7 @@ def allocate(
         max_per_source=max_per_source,
         priority=priority,
     )
-    return Allocation(budgets=budgets, base_weights=base_weights, draws=draws)
+    return Allocation(budgets, base_weights, draws, reference, tau)
 
 
 _PAIRWISE_RANK_LIMIT = 64

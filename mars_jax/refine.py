@@ -34,7 +34,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.allocation import METHODS, Allocation, allocate
+from mars_jax.allocation import (
+    METHODS,
+    TEMPERATURE_MODES,
+    Allocation,
+    allocate,
+    allocation_diagnostics,
+    curriculum_temperature,
+    margin_statistics,
+)
 from mars_jax.curvature.report import CurvatureReporter
 from mars_jax.evaluation import Evaluator
 from mars_jax.parallel import Placement
@@ -61,6 +69,22 @@ class RefineSettings:
     rounds: int = setting(5, "refinement rounds", min=1)
     budget: int = setting(2000, "synthetic pairs drawn per round (B)", min=0)
     temperature: float = setting(0.1, "tau of MARS weights softmax(-tau*|margin|)", min_exclusive=0)
+    temperature_mode: str = setting(
+        "target_ess",
+        "how MARS's tau is set each round: 'fixed' (the paper), 'normalized' (tau applied to "
+        "|m| / std(|m|): free of the margin scale) or 'target_ess' (solved so the weights' "
+        "effective sample size is refine.target_ess * N)",
+        choices=TEMPERATURE_MODES,
+    )
+    target_ess: float = setting(
+        0.5, "effective sample size / N that temperature_mode 'target_ess' aims at", min=0.01, max=1
+    )
+    final_temperature: float = setting(
+        0.0,
+        "curriculum: tau moves geometrically from refine.temperature in round 1 to this in the "
+        "last round (0: a constant tau)",
+        min=0,
+    )
     synthetic_set: str = setting(
         "per_round",
         "train on this round's synthetic pairs only, or on all drawn so far",
@@ -87,9 +111,19 @@ class RefineSettings:
         1.0, "temperature of the ensemble-disagreement weights", min_exclusive=0
     )
 
-    def temperature_of(self, method: str) -> float:
-        """The temperature ``method``'s weights use (1.0 where it uses none)."""
+    def temperature_of(self, method: str, round_index: int = 0) -> float:
+        """The temperature ``method``'s weights use in round ``round_index`` (0-based; 1.0
+        where it uses none)."""
         if method in ("mars", "mars_signed"):
+            if self.final_temperature:
+                return float(
+                    curriculum_temperature(
+                        round_index,
+                        self.rounds,
+                        start=self.temperature,
+                        end=self.final_temperature,
+                    )
+                )
             return self.temperature
         if method == "ensemble":
             return self.ensemble_temperature
@@ -144,7 +178,11 @@ class RoundSummary:
     """What one round did and how the model stands after it (JSON-ready via to_json).
 
     ``budget_max`` and ``budget_zero_fraction`` describe how concentrated the allocation
-    was (the largest per-pair budget; the fraction of base pairs that got none).
+    was (the largest per-pair budget; the fraction of base pairs that got none);
+    ``allocation`` holds :func:`~mars_jax.allocation.allocation_diagnostics` against the
+    stratified uniform budgets of the round (``total_variation`` 0: the method allocated
+    exactly as uniform did) and the ``temperature`` used; ``margin_statistics`` the base
+    margins' :func:`~mars_jax.allocation.margin_statistics` (the scale ``tau`` acts on).
     ``timings`` holds the seconds of each phase: score_pool (West-of-N ranks the pool by
     its current margins), allocate (weights, budgets and draws), train, score (the base
     set, reused by the next allocation), evaluate, and curvature when enabled.
@@ -161,8 +199,10 @@ class RoundSummary:
     margin_std: float
     margin_abs_mean: float
     margin_negative_fraction: float
+    margin_statistics: dict[str, float]
     budget_max: int
     budget_zero_fraction: float
+    allocation: dict[str, float]
     histogram_counts: list[int]
     histogram_edges: list[float]
     distance: float | None
@@ -283,7 +323,9 @@ class Refiner:
             pool = data.pool
             priority = self._margins(state.train.params, pool.chosen, pool.rejected).mean(axis=0)
         priority = clock.lap("score_pool", priority)
-        allocation = self._allocate(state.base_margins, data.pool, alloc_key, num_draws, priority)
+        allocation = self._allocate(
+            state.base_margins, data.pool, alloc_key, num_draws, priority, state.round_index
+        )
         # Budgets sum to num_draws exactly, so every draw slot is valid.
         new_rows = allocation.draws.indices
         if settings.synthetic_set == "cumulative":
@@ -336,6 +378,12 @@ class Refiner:
         )
         counts, edges = np.histogram(mean_margins, bins=self.evaluator.settings.histogram_bins)
         budgets = np.asarray(allocation.budgets)
+        diagnostics = self._jit("diagnostics", lambda: jax.jit(allocation_diagnostics))(
+            allocation.budgets, allocation.reference_budgets
+        )
+        statistics = self._jit("margin_statistics", lambda: jax.jit(margin_statistics))(
+            mean_margins
+        )
         summary = RoundSummary(
             method=self.method,
             round=new_state.round_index,
@@ -347,8 +395,10 @@ class Refiner:
             margin_std=float(mean_margins.std()),
             margin_abs_mean=float(np.abs(mean_margins).mean()),
             margin_negative_fraction=float((mean_margins < 0).mean()),
+            margin_statistics=_floats(statistics._asdict()),
             budget_max=int(budgets.max(initial=0)),
             budget_zero_fraction=float((budgets == 0).mean()) if num_draws else 1.0,
+            allocation=_floats({**diagnostics._asdict(), "temperature": allocation.temperature}),
             histogram_counts=counts.tolist(),
             histogram_edges=edges.tolist(),
             distance=distance,
@@ -420,15 +470,14 @@ class Refiner:
         key: jax.Array,
         num_draws: int,
         priority: jax.Array | None,
+        round_index: int,
     ) -> Allocation:
         """:func:`mars_jax.allocation.allocate`, compiled per static argument values."""
-        allocate_jit = self._jit(
-            "allocate",
-            lambda: jax.jit(
-                allocate,
-                static_argnames=("method", "num_draws", "max_per_source", "temperature"),
-            ),
-        )
+        static = ("method", "num_draws", "max_per_source", "temperature")
+        static += ("temperature_mode", "ess_fraction")
+        allocate_jit = self._jit("allocate", lambda: jax.jit(allocate, static_argnames=static))
+        settings = self.settings
+        mode = settings.temperature_mode if self.method in ("mars", "mars_signed") else "fixed"
         return allocate_jit(
             member_margins,
             pool.offsets,
@@ -436,7 +485,9 @@ class Refiner:
             method=self.method,
             num_draws=num_draws,
             max_per_source=_max_per_source(pool),
-            temperature=self.settings.temperature_of(self.method),
+            temperature=settings.temperature_of(self.method, round_index),
+            temperature_mode=mode,
+            ess_fraction=settings.target_ess if mode == "target_ess" else None,
             priority=priority,
         )
 
@@ -494,6 +545,11 @@ class Refiner:
         if name not in self._compiled:
             self._compiled[name] = build()
         return self._compiled[name]
+
+
+def _floats(values: dict[str, Any]) -> dict[str, float]:
+    """The values as Python floats (JSON-ready)."""
+    return {name: float(value) for name, value in values.items()}
 
 
 def _max_per_source(pool: Pool) -> int:

@@ -46,7 +46,7 @@ def test_defaults_load() -> None:
     assert config == Config()
     assert config.data.suite == "synthetic"
     assert config.model.hidden_sizes == (64, 64)
-    assert config.refine.methods == ("none", "uniform", "west_of_n", "mars")
+    assert config.refine.methods == ("none", "uniform", "uniform_global", "mars")
     assert config.train.learning_rate == 1e-3
     assert config.refine.reset_optimizer is True
     assert config.output.dir == "runs"

@@ -35,6 +35,7 @@ from mars_jax.augment.builder import AugmentSettings
 from mars_jax.augment.paraphrase import ParaphraseSettings
 from mars_jax.curvature.report import CurvatureSettings
 from mars_jax.data.selection import TextDataSettings
+from mars_jax.data.synthetic import REGIMES
 from mars_jax.errors import MarsError
 from mars_jax.evaluation import EvalSettings
 from mars_jax.losses import LossSettings
@@ -122,6 +123,43 @@ DataConfig = _section(
             min_exclusive=0,
         ),
     ),
+    (
+        "regime",
+        str,
+        _opt(
+            "informative",
+            "synthetic labels: 'informative' (the true preference, kept by the variants; see "
+            "data.label_noise and data.hard_fraction) or 'noisy' (Bradley-Terry samples, "
+            "inherited by the variants: low-margin pairs are coin flips)",
+            choices=REGIMES,
+        ),
+    ),
+    (
+        "label_noise",
+        float,
+        _opt(
+            0.0,
+            "informative regime only: chance that a base label is flipped, whatever its margin",
+            min=0,
+            max=0.5,
+        ),
+    ),
+    (
+        "hard_fraction",
+        float,
+        _opt(
+            0.2,
+            "informative regime only: share of base pairs made hard (small true margin, "
+            "correct label)",
+            min=0,
+            max=1,
+        ),
+    ),
+    (
+        "hard_margin",
+        float,
+        _opt(0.5, "informative regime: hard pairs' true margins lie in [0, this)", min_exclusive=0),
+    ),
 )
 
 
@@ -153,7 +191,7 @@ RefineConfig = _section(
         "methods",
         tuple[str, ...],
         _opt(
-            ("none", "uniform", "west_of_n", "mars"),
+            ("none", "uniform", "uniform_global", "mars"),
             "augmentation methods compared in one run",
             non_empty=True,
             unique=True,

@@ -13,7 +13,17 @@ from rich.table import Table
 from mars_jax.refine import RoundSummary
 from mars_jax.runner.config import Config
 
-__all__ = ["RunDisplay", "curvature_table", "make_console", "round_table", "summary_table"]
+MARGIN_DRIVEN = ("mars", "mars_signed", "ensemble")
+
+__all__ = [
+    "MARGIN_DRIVEN",
+    "RunDisplay",
+    "curvature_table",
+    "make_console",
+    "round_table",
+    "summary_table",
+    "untestable_lines",
+]
 
 _MIN_WIDTH = 110
 
@@ -73,6 +83,8 @@ class RunDisplay:
             return
         self.console.print(round_table(summary))
         self.console.print(summary_table(summary))
+        for line in untestable_lines(summary):
+            self.console.print(line)
         self.console.print(f"run directory: {run_dir}  ({summary['seconds']:.1f} s)")
 
 
@@ -96,7 +108,8 @@ def round_table(summary: dict[str, Any]) -> Table:
 def summary_table(summary: dict[str, Any]) -> Table:
     """Final held-out metrics per method, with the bootstrap accuracy interval."""
     table = Table(title="Final held-out metrics")
-    for column in ("method", "accuracy", "95% CI", "ROC-AUC", "SNR", "ECE", "synthetic"):
+    columns = ("method", "accuracy", "95% CI", "ROC-AUC", "SNR", "ECE", "synthetic", "TV")
+    for column in columns:
         table.add_column(column, justify="left" if column == "method" else "right")
     for method, result in summary["methods"].items():
         final = result["final"]
@@ -113,8 +126,29 @@ def summary_table(summary: dict[str, Any]) -> Table:
             f"{final['signal_to_noise']:.3f}",
             f"{final['calibration_error']:.4f}",
             str(result["budget_spent"]),
+            _mean_distance(result),
         )
+    table.caption = "TV: mean total-variation distance of the budgets from stratified uniform's"
     return table
+
+
+def untestable_lines(summary: dict[str, Any]) -> list[str]:
+    """A line for each margin-driven method whose budgets equalled stratified uniform's in every
+    round: comparing it with ``uniform`` is untestable (method.md section 6)."""
+    lines = []
+    for method, result in summary["methods"].items():
+        distances = result.get("allocation_distance_per_round", [])
+        if method in MARGIN_DRIVEN and result["budget_spent"] and not any(distances):
+            lines.append(
+                f"{method}: its budgets equalled the stratified uniform ones in every round, "
+                "so a comparison with 'uniform' is untestable (see refine.temperature_mode)"
+            )
+    return lines
+
+
+def _mean_distance(result: dict[str, Any]) -> str:
+    distances = result.get("allocation_distance_per_round", [])
+    return f"{sum(distances) / len(distances):.3f}" if distances else "-"
 
 
 def curvature_table(report: dict[str, Any]) -> Table:

@@ -53,6 +53,8 @@ def build_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
         nonlinear_weight=data.nonlinear_weight,
         reward_scale=data.reward_scale,
         label_flip_rate=data.label_flip_rate,
+        regime=data.regime,
+        **_regime_options(data),
     )
 
     def pairs(chosen: jax.Array, rejected: jax.Array) -> PairBatch:
@@ -96,6 +98,17 @@ def _synthetic_pool(config: Config, suite: SyntheticSuite) -> tuple[Pool, dict[s
         "pool_drift_fraction": float(np.mean(wrong != base_wrong)),
     }
     return pool, info
+
+
+def _regime_options(data: Any) -> dict[str, float]:
+    """The informative regime's options (the noisy regime has none)."""
+    if data.regime != "informative":
+        return {}
+    return {
+        "label_noise": data.label_noise,
+        "hard_fraction": data.hard_fraction,
+        "hard_margin": data.hard_margin,
+    }
 
 
 def _plain(info: dict[str, Any]) -> dict[str, Any]:

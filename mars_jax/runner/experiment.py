@@ -338,6 +338,7 @@ def _summary(
             "budget_spent": rounds[-1]["budget_spent"],
             "final": rounds[-1]["heldout"],
             "accuracy_per_round": [r["heldout"]["accuracy"] for r in rounds],
+            "allocation_distance_per_round": [r["allocation"]["total_variation"] for r in rounds],
             "seconds": sum(r["seconds"] for r in rounds),
         }
         for method, rounds in history.items()
