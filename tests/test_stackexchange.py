@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mars_jax.config import ConfigError, load_config
 
 from mars_jax.data.formats import (
     FORMATS,
@@ -23,6 +22,7 @@ from mars_jax.data.formats import (
 )
 from mars_jax.data.html_text import html_to_text
 from mars_jax.errors import MarsError
+from mars_jax.runner.config import ConfigError, load_config
 
 
 def _answer(score: Any, text: Any, answer_id: int = 1) -> dict[str, Any]:

@@ -4,7 +4,7 @@ The frozen-encoder path: every response is read as ``prompt [SEP] response`` (tr
 the left, so the response survives a long dialogue) and embedded once by a frozen text encoder
 (all-MiniLM-L6-v2 by default), with an on-disk cache reused across runs. The features are
 standardised with the base pairs' statistics. The synthetic pool (``data.pool``) comes from a
-cheap representation-level generator on those features (:mod:`mars_jax.augment.cheap`:
+cheap representation-level generator on those features (:mod:`mars_jax.data.cheap_pools`:
 perturbations or mixup, in the same paraphrase scheme as the synthetic suite), or from a
 paraphrase pool directory written by ``mars-jax augment``: its texts are embedded by the same
 encoder (through the same cache) and matched to the base pairs by base key; a pool pair of a
