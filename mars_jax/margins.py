@@ -14,14 +14,13 @@ All functions are pure, jit- and vmap-able; integer hyperparameters are static u
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mars_jax.types import PyTree, ResponsePairs, tree_concat
+from mars_jax.types import PyTree, ResponsePairs, RewardFn, tree_concat
 
 __all__ = [
     "LowestPairs",
@@ -71,7 +70,7 @@ class LowestPairs(NamedTuple):
 
 
 def pair_margins(
-    reward_fn: Callable[[PyTree, PyTree], jax.Array],
+    reward_fn: RewardFn,
     params: PyTree,
     chosen: PyTree,
     rejected: PyTree,
@@ -94,7 +93,7 @@ def pair_margins(
 
 
 def response_pair_margins(
-    reward_fn: Callable[[PyTree, PyTree], jax.Array],
+    reward_fn: RewardFn,
     params: PyTree,
     pairs: ResponsePairs,
 ) -> PairRewards:
@@ -139,7 +138,7 @@ def response_pairs(
 
 
 def group_rewards(
-    reward_fn: Callable[[PyTree, PyTree], jax.Array],
+    reward_fn: RewardFn,
     params: PyTree,
     responses: PyTree,
 ) -> jax.Array:
