@@ -8,7 +8,9 @@ return small result tuples with a ``to_json()``:
 - :func:`power_iteration`, :func:`smallest_eigenvalue` -> :class:`PowerResult`;
 - :func:`lanczos` -> :class:`LanczosResult`, :func:`lanczos_eigenvalues` -> :class:`RitzResult`;
 - :func:`hutchinson_trace`, :func:`hutch_plus_plus` -> :class:`TraceResult`;
-- :func:`spectral_density` (stochastic Lanczos quadrature) -> :class:`SpectralDensity`.
+- :func:`spectral_density` (stochastic Lanczos quadrature) -> :class:`SpectralDensity`;
+- to a tolerance instead of a fixed budget: :func:`top_eigenvalues` ->
+  :class:`EigenvaluesResult`, :func:`trace_to_tolerance` -> :class:`TraceToleranceResult`.
 
 Nothing here is jitted at definition time; integer hyperparameters (``num_iters``,
 ``order``, ``num_probes``, ...) are keyword-only and must be static under ``jit``. Vectors
@@ -49,6 +51,12 @@ from mars_jax.curvature.operators import (
     mean_weights,
 )
 from mars_jax.curvature.power import PowerResult, power_iteration, smallest_eigenvalue
+from mars_jax.curvature.tolerance import (
+    EigenvaluesResult,
+    TraceToleranceResult,
+    top_eigenvalues,
+    trace_to_tolerance,
+)
 from mars_jax.curvature.trace import TraceResult, hutch_plus_plus, hutchinson_trace
 from mars_jax.curvature.trees import (
     tree_axpy,
@@ -59,11 +67,13 @@ from mars_jax.curvature.trees import (
 )
 
 __all__ = [
+    "EigenvaluesResult",
     "LanczosResult",
     "PowerResult",
     "RitzResult",
     "SpectralDensity",
     "TraceResult",
+    "TraceToleranceResult",
     "bradley_terry_loss_fn",
     "dense_matvec",
     "gauss_newton_vector_product",
@@ -81,6 +91,8 @@ __all__ = [
     "power_iteration",
     "smallest_eigenvalue",
     "spectral_density",
+    "top_eigenvalues",
+    "trace_to_tolerance",
     "tree_axpy",
     "tree_dot",
     "tree_norm",
