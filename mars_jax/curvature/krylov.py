@@ -182,10 +182,41 @@ def lanczos_init(init_vector: PyTree, length: int, *, keep_basis: bool) -> Lancz
     )
 
 
+def project_out_rows(stack: PyTree, vector: PyTree, count: jax.Array, *, chunk: int) -> PyTree:
+    """``vector`` without its components along the first ``count`` rows of ``stack``.
+
+    One Gram-Schmidt pass over rows ``0 .. count - 1``, ``chunk`` rows at a time in a
+    ``lax.fori_loop`` (block modified Gram-Schmidt): it reads about ``count`` rows rather
+    than the whole buffer, so a Lanczos step costs ``O(m P)`` at order ``m`` whatever the
+    buffer's length. The rows must be orthonormal or zero; the last chunk may overlap the
+    one before it or rows past ``count``, which changes nothing when those rows are zero or
+    already projected out.
+    """
+    length = jax.tree.leaves(stack)[0].shape[0]
+    chunk = min(chunk, length)
+
+    def body(index: jax.Array, vector: PyTree) -> PyTree:
+        start = jnp.minimum(index * chunk, length - chunk)
+        rows = jax.tree.map(lambda s: jax.lax.dynamic_slice_in_dim(s, start, chunk), stack)
+        return stack_project_out(rows, vector)
+
+    return jax.lax.fori_loop(0, (count + chunk - 1) // chunk, body, vector)
+
+
 def _orthogonalize(
-    vector: PyTree, carry: LanczosCarry, current: PyTree, *, reorthogonalize: bool
+    vector: PyTree,
+    carry: LanczosCarry,
+    current: PyTree,
+    step: jax.Array,
+    *,
+    reorthogonalize: bool,
+    chunk: int | None,
 ) -> PyTree:
     """``vector`` without its components along the basis (twice), or the last two vectors."""
+    if reorthogonalize and chunk is not None:
+        for _ in range(2):
+            vector = project_out_rows(carry.basis, vector, step + 1, chunk=chunk)
+        return vector
     if reorthogonalize:
         return stack_project_out(carry.basis, stack_project_out(carry.basis, vector))
     for known in (carry.previous, current):
@@ -194,28 +225,42 @@ def _orthogonalize(
 
 
 def lanczos_step(
-    matvec: Matvec, step: jax.Array, carry: LanczosCarry, *, reorthogonalize: bool
+    matvec: Matvec,
+    step: jax.Array,
+    carry: LanczosCarry,
+    *,
+    reorthogonalize: bool,
+    chunk: int | None = None,
 ) -> LanczosCarry:
     """Lanczos step ``step`` (0-based): one product, ``alphas[step]`` and ``betas[step]``.
 
     A ``lax.fori_loop`` body; :func:`lanczos` is ``order`` of these. The carry's ``basis``
-    must be kept (not None) when ``reorthogonalize``.
+    must be kept (not None) when ``reorthogonalize``. With ``chunk`` the reorthogonalisation
+    reads only the ``step + 1`` rows written so far, ``chunk`` at a time
+    (:func:`project_out_rows`), instead of the whole buffer: for loops whose buffer is
+    longer than the steps they usually run.
     """
     basis, previous, current, beta_previous, alphas, betas = carry
     dtype = alphas.dtype
     rtol = dependence_rtol(dtype)
+    orthogonalize = functools.partial(
+        _orthogonalize,
+        carry=carry,
+        current=current,
+        step=step,
+        reorthogonalize=reorthogonalize,
+        chunk=chunk,
+    )
 
     def restart() -> PyTree:
         key = jax.random.fold_in(jax.random.key(_RESTART_SEED), step)
         fresh = tree_random_like(key, current, kind="normal")
-        return tree_normalize(
-            _orthogonalize(fresh, carry, current, reorthogonalize=reorthogonalize)
-        )
+        return tree_normalize(orthogonalize(fresh))
 
     image = matvec(current)
     alpha = tree_dot(current, image)
     residual = tree_axpy(-alpha, current, tree_axpy(-beta_previous, previous, image))
-    residual = _orthogonalize(residual, carry, current, reorthogonalize=reorthogonalize)
+    residual = orthogonalize(residual)
     beta = tree_norm(residual)
     breakdown = beta <= rtol * tree_norm(image)
     following = jax.lax.cond(breakdown, restart, lambda: tree_normalize(residual))
