@@ -141,6 +141,24 @@ def test_invariant_krylov_space_converges_without_nan():
     assert np.all(np.isfinite(result.errors))
 
 
+def test_equal_ritz_values_get_orthonormal_vectors():
+    # After two restarts T is three copies of the same 3 x 3 block: every Ritz value is
+    # threefold, and each copy needs its own vector.
+    distinct = np.array([-1.0, 0.5, 2.0])
+    matrix = jnp.asarray(symmetric_matrix(5, np.repeat(distinct, SIZE // 3)), jnp.float32)
+    result = eigen(
+        matrix, jax.random.key(5), 0.0, k=6, max_order=9, check_every=9, return_vectors=True
+    )
+    np.testing.assert_allclose(result.eigenvalues, np.repeat(distinct[::-1][:2], 3), rtol=1e-5)
+    np.testing.assert_allclose(result.residuals, 0.0, atol=1e-5)
+    flat = np.stack(
+        [ravel_pytree(jax.tree.map(lambda s, i=i: s[i], result.eigenvectors))[0] for i in range(6)]
+    )
+    np.testing.assert_allclose(flat @ flat.T, np.eye(6), atol=1e-4)
+    for vector, value in zip(flat, result.eigenvalues, strict=True):
+        np.testing.assert_allclose(np.asarray(matrix) @ vector, value * vector, atol=1e-4)
+
+
 def test_mlp_hessian_top_eigenvalues_match_eigh(x64):
     # A pytree operator end to end: the Hessian of a small MLP head's Bradley-Terry loss.
     model = mlp_reward_model(3, [4])

@@ -68,6 +68,7 @@ TRACE_METHODS = ("deflated", "hutchinson")
 # far, not the buffer (on the benchmark's MLP head, 30 steps in a 150-vector buffer took 0.26 s
 # of CPU time this way against 0.49 s reorthogonalising against the whole buffer).
 CHUNK = 16
+_INVERSE_ITERATION_SEED = 0x1A7
 
 
 class EigenvaluesResult(NamedTuple):
@@ -139,6 +140,12 @@ def _relative(residuals: jax.Array, values: jax.Array) -> jax.Array:
     return jnp.where(scale > 0, residuals / safe, jnp.where(residuals > 0, jnp.inf, 0.0))
 
 
+def _unit(vector: jax.Array) -> jax.Array:
+    """``vector / ||vector||``, or ``vector`` when its norm is 0."""
+    norm = jnp.linalg.norm(vector)
+    return vector / jnp.where(norm > 0, norm, 1.0)
+
+
 def leading_ritz(
     alphas: jax.Array, betas: jax.Array, steps: jax.Array, *, k: int, which: str
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -149,7 +156,7 @@ def leading_ritz(
     unused part of the ``n x n`` tridiagonal is decoupled and its diagonal set beyond the
     Gershgorin bound of the used block (below it for "largest", above for "smallest", 0 for
     "magnitude"), so that the wanted eigenvalues have static indices; those are found by
-    bisection (``jax.scipy.linalg.eigh_tridiagonal``) and their eigenvectors by two steps
+    bisection (``jax.scipy.linalg.eigh_tridiagonal``) and their eigenvectors by three steps
     of inverse iteration (``tridiagonal_solve``), ``O(n k)`` work in all. A dense ``eigh``
     of the ``n x n`` matrix at every check measured 10-160 ms at ``n = 150`` on the loaded
     2-core CPU (LAPACK's threads) against 0.3 ms for this.
@@ -188,21 +195,20 @@ def leading_ritz(
     score = {"largest": values, "smallest": -values}.get(which, jnp.abs(values))
     values = values[jnp.argsort(-score)[:k]]
     lower, upper = jnp.concatenate([zero, off]), jnp.concatenate([off, zero])
-
-    def eigenvector(value: jax.Array) -> jax.Array:
-        vector = active.astype(dtype)  # zero on the unused part, and so stays
-        for _ in range(2):
+    # A fixed pseudo-random start (a symmetric one can miss an eigenvector), zero on the
+    # unused part; each vector is kept orthogonal to those before it, so that equal Ritz
+    # values (blocks after a restart) get distinct, orthonormal vectors as in LAPACK's stein.
+    start = jax.random.normal(jax.random.key(_INVERSE_ITERATION_SEED), (size,), dtype)
+    vectors = jnp.zeros((k, size), dtype)
+    for i in range(k):
+        vector = jnp.where(active, start, 0.0)
+        for _ in range(3):
             vector = jax.lax.linalg.tridiagonal_solve(
-                lower, diagonal - value, upper, vector[:, None], perturb_singular=True
+                lower, diagonal - values[i], upper, vector[:, None], perturb_singular=True
             )[:, 0]
-            vector = jnp.where(active, vector, 0.0)
-            vector = vector / jnp.linalg.norm(vector)
-        return vector
-
-    vectors = jax.vmap(eigenvector)(values)
-    for i in range(1, k):  # orthogonal within clusters of close Ritz values (a no-op elsewhere)
-        row = vectors[i] - vectors[:i].T @ (vectors[:i] @ vectors[i])
-        vectors = vectors.at[i].set(row / jnp.linalg.norm(row))
+            vector = _unit(jnp.where(active, vector, 0.0))
+            vector = _unit(vector - vectors.T @ (vectors @ vector))
+        vectors = vectors.at[i].set(vector)
     residuals = jnp.abs(betas[steps - 1] * vectors[:, steps - 1])
     return values, residuals, vectors.T
 
@@ -224,7 +230,8 @@ def top_eigenvalues(
 
     Lanczos with full reorthogonalisation (the steps of :func:`~mars_jax.curvature.lanczos`)
     from a normal random start, in one ``lax.while_loop``: every ``check_every`` steps the
-    tridiagonal ``T_m`` is diagonalised and the loop stops once each wanted Ritz value
+    wanted Ritz pairs of the tridiagonal ``T_m`` are computed and the loop stops once each
+    wanted Ritz value
     ``theta_i`` has a Ritz residual ``r_i = |beta_m s_{m,i}| <= max(rtol |theta_i|, atol)``,
     or after ``max_order`` steps (``converged`` False). ``r_i`` bounds the distance from
     ``theta_i`` to the spectrum of ``A``, so a converged result is within ``rtol`` (relative)
@@ -234,8 +241,8 @@ def top_eigenvalues(
 
     The basis buffer holds ``max_order`` vectors (``max_order * P`` numbers), but step ``m``
     reorthogonalises against the ``m`` vectors written so far only (``O(m P)``); each check
-    costs an ``eigh`` of a ``max_order x max_order`` matrix, small next to ``check_every``
-    products of a model's Hessian.
+    finds the ``k`` Ritz pairs by bisection and inverse iteration on the tridiagonal
+    (:func:`leading_ritz`, ``O(max_order k)``), small next to a product of a model's Hessian.
 
     Args:
       matvec: symmetric ``A``: ``matvec(vector) -> vector``.
