@@ -21,11 +21,22 @@ Three measurements, all in one process, each ratio measured side by side:
    Hutchinson with many probes) and, for the trace, with mars_jax evaluated on each peer's
    own probes (so that probe noise and operator disagreement are told apart). Peers that are
    not importable are reported as "not installed" and the rest still runs.
+4. **Time to accuracy.** The MLP head's top eigenvalue to 1e-3 and trace to 1e-2 relative by
+   the tolerance estimators (:func:`mars_jax.curvature.top_eigenvalues`,
+   :func:`mars_jax.curvature.trace_to_tolerance`: plain Hutchinson one probe at a time and in
+   vmapped blocks, and Krylov-deflated) and, for comparison, power iteration stopped on the same
+   relative residual. Per estimator: products spent, compile and run time, the estimate, its
+   error estimate and its actual error against a reference that is exact (dense ``eigh`` and
+   trace of the materialised Hessian) when the model is small and otherwise Lanczos of order
+   150 for the eigenvalue and the trace in closed form (:func:`mlp_exact_trace`, checked
+   against the dense trace in the smoke mode). Products and errors over a few keys; times on
+   the first key. No PyTorch peers here yet (PyHessian's and hessian-eigenthings' own
+   tolerances are relative changes between iterations, not error estimates).
 
 Usage::
 
     python benchmarks/curvature.py [--smoke] [--skip-peers] [--repeats N] [--json PATH]
-        [--sections hvp,lanczos,peers,peers-large]
+        [--sections hvp,lanczos,peers,peers-large,tolerance]
 """
 
 from __future__ import annotations
@@ -67,6 +78,18 @@ SMOKE_ENCODER = {
     "seq_len": 16,
 }
 
+TOLERANCE: dict[str, Any] = {
+    "eig_rtol": 1e-3,
+    "trace_rtol": 1e-2,
+    "max_order": 150,  # top_eigenvalues' basis buffer
+    "power_max_iters": 3000,
+    "max_matvecs": 20_000,  # trace_to_tolerance's budget
+    "max_sketch": 100,  # the deflated trace's basis buffer
+    "block": 8,  # the blocked variant's probes per vmapped block
+    "seeds": 3,  # keys per estimator: matvec counts and errors (load-independent)
+    "repeats": 3,  # timed runs on the first key
+    "dense_limit": 3000,  # exact eigh/trace reference up to this many parameters
+}
 FULL: dict[str, Any] = {
     "features": 384,
     "hidden": (256,),
@@ -87,6 +110,7 @@ FULL: dict[str, Any] = {
     "large_reference_order": 100,
     "reference_probes": 2000,
     "large_reference_probes": 500,
+    "tolerance": TOLERANCE,
 }
 SMOKE: dict[str, Any] = {
     "features": 32,
@@ -108,6 +132,7 @@ SMOKE: dict[str, Any] = {
     "large_reference_order": 100,
     "reference_probes": 200,
     "large_reference_probes": 200,
+    "tolerance": {**TOLERANCE, "seeds": 3, "repeats": 2},
 }
 ACTIVATION = "tanh"  # same function in torch and JAX (gelu defaults differ: erf vs tanh)
 
@@ -834,6 +859,216 @@ def peer_row(
     }
 
 
+# ----------------------------------------------------------------------------- (4) tolerance
+
+
+def mlp_exact_trace(params: dict, batch: Any) -> float:
+    """Exact ``tr(H)`` of the Bradley-Terry loss of a one-hidden-layer tanh MLP head.
+
+    With pre-activations ``h_a = W x_a + b`` of the chosen and rejected sides
+    (``a in {c, r}``), margin ``m = v . (tanh h_c - tanh h_r)``, per-pair weights ``c_n``
+    (:func:`mars_jax.curvature.mean_weights`) and ``l(m) = softplus(-m)``, the diagonal of the
+    Hessian summed over each parameter block is, per pair,
+    ``l''(m) sum_j [sum_ab (x_a . x_b) g_aj g_bj + (g_cj + g_rj)^2 + (s_cj - s_rj)^2]
+    + l'(m) sum_j sum_a (|x_a|^2 + 1) q_aj`` for ``W``, ``b`` and ``v`` (the output bias has no
+    curvature), where ``g = dm/dh``, ``q = d^2 m / dh^2`` (diagonal) and ``s = tanh h``.
+    Float64 on the host.
+    """
+    from mars_jax.curvature import mean_weights
+
+    (layer,) = (params["hidden"][index] for index in sorted(params["hidden"]))
+    w = np.asarray(layer["kernel"], np.float64)
+    b = np.asarray(layer["bias"], np.float64)
+    v = np.asarray(params["output"]["kernel"], np.float64)[:, 0]
+    xc = np.asarray(batch.chosen, np.float64)
+    xr = np.asarray(batch.rejected, np.float64)
+    weight = np.asarray(mean_weights(batch.weight, xc.shape[0], np.float32), np.float64)
+    sc, sr = np.tanh(xc @ w + b), np.tanh(xr @ w + b)
+    margin = (sc - sr) @ v
+    first = -1.0 / (1.0 + np.exp(margin))  # l'(m) = -sigmoid(-m)
+    second = 1.0 / ((1.0 + np.exp(margin)) * (1.0 + np.exp(-margin)))  # sigmoid(m) sigmoid(-m)
+    gc, gr = v * (1 - sc**2), -v * (1 - sr**2)
+    qc, qr = v * (-2 * sc * (1 - sc**2)), -v * (-2 * sr * (1 - sr**2))
+    nc, nr = np.sum(xc**2, axis=1)[:, None], np.sum(xr**2, axis=1)[:, None]
+    ncr = np.sum(xc * xr, axis=1)[:, None]
+    gauss_newton = nc * gc**2 + nr * gr**2 + 2 * ncr * gc * gr + (gc + gr) ** 2 + (sc - sr) ** 2
+    residual = (nc + 1) * qc + (nr + 1) * qr
+    per_pair = second * gauss_newton.sum(axis=1) + first * residual.sum(axis=1)
+    return float(np.sum(weight * per_pair))
+
+
+def tolerance_reference(setup: dict, tol: dict, seed: int) -> dict:
+    """Top eigenvalue and trace of the Hessian: exact when small, else Lanczos + closed form."""
+    import jax
+
+    from mars_jax.curvature import (
+        hessian_vector_product,
+        lanczos_eigenvalues,
+        materialize,
+        tree_random_like,
+    )
+
+    params, batch = setup["params"], setup["batch"]
+    hvp = hessian_vector_product(setup["loss_fn"])
+    closed_form = mlp_exact_trace(params, batch)
+    if setup["num_params"] <= tol["dense_limit"]:
+        matrix = jax.jit(lambda p, b: materialize(lambda v: hvp(p, b, v), p))(params, batch)
+        matrix = np.asarray(matrix, np.float64)
+        matrix = (matrix + matrix.T) / 2
+        dense_trace = float(np.trace(matrix))
+        return {
+            "kind": "dense eigh and trace of the materialised Hessian",
+            "top_eigenvalue": float(np.linalg.eigvalsh(matrix)[-1]),
+            "trace": dense_trace,
+            "closed_form_trace": closed_form,
+            "closed_form_rel_diff": rel_diff(closed_form, dense_trace),
+        }
+    order = min(tol["max_order"], setup["num_params"])
+
+    def ritz(params: Any, batch: Any, init: Any) -> Any:
+        return lanczos_eigenvalues(lambda v: hvp(params, batch, v), init, order=order)
+
+    init = tree_random_like(jax.random.key(seed + 7), params, kind="normal")
+    result = jax.device_get(jax.jit(ritz)(params, batch, init))
+    return {
+        "kind": f"Lanczos order {order} (top eigenvalue), closed form (trace)",
+        "top_eigenvalue": float(result.eigenvalues[0]),
+        "ritz_residual": float(result.residuals[0]),
+        "trace": closed_form,
+        "closed_form_trace": closed_form,
+    }
+
+
+def measure_tolerance(setup: dict, cfg: dict, seed: int) -> dict:
+    """Products, time and actual error of the tolerance estimators on one model."""
+    import jax
+
+    from mars_jax.curvature import (
+        hessian_vector_product,
+        power_iteration,
+        top_eigenvalues,
+        trace_to_tolerance,
+        tree_random_like,
+    )
+
+    tol = cfg["tolerance"]
+    params, batch = setup["params"], setup["batch"]
+    hvp = hessian_vector_product(setup["loss_fn"])
+    eig_rtol, trace_rtol = tol["eig_rtol"], tol["trace_rtol"]
+    reference = tolerance_reference(setup, tol, seed)
+
+    def eigen(params: Any, batch: Any, key: Any) -> dict:
+        result = top_eigenvalues(
+            lambda v: hvp(params, batch, v), key, params, rtol=eig_rtol, max_order=tol["max_order"]
+        )
+        return {
+            "estimate": result.eigenvalues[0],
+            "error_bound": result.errors[0],
+            "num_matvecs": result.num_matvecs,
+            "converged": result.converged,
+        }
+
+    def power(params: Any, batch: Any, key: Any) -> dict:
+        init = tree_random_like(key, params, kind="normal")
+        result = power_iteration(
+            lambda v: hvp(params, batch, v), init, num_iters=tol["power_max_iters"], tol=eig_rtol
+        )
+        return {
+            "estimate": result.eigenvalue,
+            "error_bound": result.residual,
+            "num_matvecs": result.num_iters,
+            "converged": result.residual < eig_rtol,
+        }
+
+    def make_trace(method: str, block: int) -> Callable:
+        def trace(params: Any, batch: Any, key: Any) -> dict:
+            result = trace_to_tolerance(
+                lambda v: hvp(params, batch, v),
+                key,
+                params,
+                rtol=trace_rtol,
+                max_matvecs=tol["max_matvecs"],
+                method=method,
+                max_sketch=tol["max_sketch"],
+                block=block,
+            )
+            return {
+                "estimate": result.estimate,
+                "error_bound": result.std_error / abs(result.estimate),
+                "num_matvecs": result.num_matvecs,
+                "sketch_size": result.sketch_size,
+                "converged": result.converged,
+            }
+
+        return trace
+
+    estimators = {
+        "top_eigenvalues": ("top eigenvalue", eig_rtol, eigen),
+        "power_iteration": ("top eigenvalue", eig_rtol, power),
+        "trace_to_tolerance (hutchinson, block 1)": (
+            "trace",
+            trace_rtol,
+            make_trace("hutchinson", 1),
+        ),
+        f"trace_to_tolerance (hutchinson, block {tol['block']})": (
+            "trace",
+            trace_rtol,
+            make_trace("hutchinson", tol["block"]),
+        ),
+        f"trace_to_tolerance (deflated, max_sketch {tol['max_sketch']})": (
+            "trace",
+            trace_rtol,
+            make_trace("deflated", 1),
+        ),
+    }
+    keys = [jax.random.key(seed + 100 + index) for index in range(tol["seeds"])]
+    compiled: dict[str, Callable] = {}
+    rows = []
+    for name, (task, rtol, fn) in estimators.items():
+        compiled[name], compile_s = aot(fn, params, batch, keys[0])
+        runs = [jax.device_get(compiled[name](params, batch, key)) for key in keys]
+        exact = reference["top_eigenvalue" if task == "top eigenvalue" else "trace"]
+        errors = [rel_diff(float(run["estimate"]), exact) for run in runs]
+        counts = [int(run["num_matvecs"]) for run in runs]
+        first = runs[0]
+        rows.append(
+            {
+                "task": task,
+                "estimator": name,
+                "rtol": rtol,
+                "compile_s": compile_s,
+                "estimate": float(first["estimate"]),
+                "error_bound": float(first["error_bound"]),
+                "rel_error": errors[0],
+                "num_matvecs": counts[0],
+                "sketch_size": int(first.get("sketch_size", 0)),
+                "converged": bool(first["converged"]),
+                "seeds": len(keys),
+                "num_matvecs_all": counts,
+                "rel_error_all": errors,
+                "converged_all": [bool(run["converged"]) for run in runs],
+            }
+        )
+    times = interleaved(
+        {name: blocking(fn, params, batch, keys[0]) for name, fn in compiled.items()},
+        tol["repeats"],
+        cfg["pause_s"],
+    )
+    for row in rows:
+        seconds = times[row["estimator"]]
+        row["time_s"] = statistics.median(seconds)
+        row["min_s"] = min(seconds)
+        row["per_matvec_s"] = row["time_s"] / row["num_matvecs"]
+    return {
+        "model": setup["name"],
+        "num_params": setup["num_params"],
+        "pairs": setup["pairs"],
+        "repeats": tol["repeats"],
+        "reference": reference,
+        "rows": rows,
+    }
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -926,10 +1161,45 @@ def peers_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def tolerance_table(report: dict) -> str:
+    ref = report["reference"]
+    extra = ""
+    if "ritz_residual" in ref:
+        extra = f", Ritz residual estimate {ref['ritz_residual']:.1e}"
+    if ref.get("closed_form_rel_diff") is not None:
+        extra += f"; closed-form trace vs dense: rel. diff {ref['closed_form_rel_diff']:.1e}"
+    lines = [
+        f"{report['model']}, {report['num_params']:,} params, {report['pairs']} pairs. "
+        f"Reference ({ref['kind']}): top eigenvalue {ref['top_eigenvalue']:.7g}, trace "
+        f"{ref['trace']:.7g}{extra}. Products and errors on the first key [min–max over "
+        f"{report['rows'][0]['seeds']} keys]; times on the first key, median of "
+        f"{report['repeats']} [min].\n",
+        "| task | estimator | rtol | products [min–max] | compile (s) | time (ms) median [min] "
+        "| per product (ms) | estimate | error estimate (rel.) | actual rel. error [max] "
+        "| converged (all keys) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in report["rows"]:
+        counts = row["num_matvecs_all"]
+        products = f"{row['num_matvecs']:,} [{min(counts):,}–{max(counts):,}]"
+        if row["sketch_size"]:
+            products += f" (sketch {row['sketch_size']})"
+        lines.append(
+            f"| {row['task']} | {row['estimator']} | {row['rtol']:g} | {products} "
+            f"| {row['compile_s']:.2f} | {row['time_s'] * 1e3:.0f} [{row['min_s'] * 1e3:.0f}] "
+            f"| {row['per_matvec_s'] * 1e3:.2f} | {row['estimate']:.7g} "
+            f"| {row['error_bound']:.1e} | {fmt(row['rel_error'], '.1e')} "
+            f"[{max(row['rel_error_all']):.1e}] "
+            f"| {'yes' if row['converged'] else 'no'} "
+            f"({sum(row['converged_all'])}/{row['seeds']}) |"
+        )
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 
 
-SECTIONS = ("hvp", "lanczos", "peers", "peers-large")
+SECTIONS = ("hvp", "lanczos", "peers", "peers-large", "tolerance")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -989,6 +1259,10 @@ def main(argv: list[str] | None = None) -> dict:
         large = mlp_setup(cfg["features"], cfg["large_hidden"], cfg["pairs"], args.seed)
         peer_reports.append(measure_peers(large, cfg, peers, large=True, seed=args.seed))
         load["after_peers_large"] = os.getloadavg()[0]
+    tolerance_report = None
+    if "tolerance" in sections:
+        tolerance_report = measure_tolerance(mlp, cfg, args.seed)
+        load["after_tolerance"] = os.getloadavg()[0]
     torch = peers["torch"]
     report = {
         "mode": "smoke" if args.smoke else "full",
@@ -1009,6 +1283,7 @@ def main(argv: list[str] | None = None) -> dict:
         "hvp": hvp_rows,
         "lanczos_compile": lanczos_report,
         "peers": peer_reports,
+        "tolerance": tolerance_report,
     }
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v)
     print(
@@ -1027,6 +1302,9 @@ def main(argv: list[str] | None = None) -> dict:
         print("### (3) Against PyHessian and hessian-eigenthings\n")
         for peer_report in peer_reports:
             print(peers_table(peer_report) + "\n")
+    if tolerance_report:
+        print("### (4) Time to accuracy\n")
+        print(tolerance_table(tolerance_report) + "\n")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -61,7 +61,31 @@ def test_smoke_benchmark_reports_positive_numbers(tmp_path, capsys):
             else:
                 assert row["rel_diff_same_probes"] < 1e-3
 
+    # Time to accuracy: the smoke model is small, so the references are exact (dense eigh and
+    # trace); the closed-form trace that the full mode uses instead must agree with them.
+    tolerance = report["tolerance"]
+    reference = tolerance["reference"]
+    assert reference["kind"].startswith("dense")
+    assert reference["closed_form_rel_diff"] < 1e-5
+    estimators = {row["estimator"]: row for row in tolerance["rows"]}
+    eigen = estimators["top_eigenvalues"]
+    assert eigen["seeds"] == 3 and all(eigen["converged_all"])
+    assert eigen["error_bound"] <= eigen["rtol"] == 1e-3
+    assert max(eigen["rel_error_all"]) <= eigen["rtol"]  # against eigh, every key
+    assert eigen["num_matvecs"] < estimators["power_iteration"]["num_matvecs"]
+    traces = [row for row in tolerance["rows"] if row["task"] == "trace"]
+    assert len(traces) == 3
+    for row in traces:
+        assert all(row["converged_all"])
+        assert row["error_bound"] <= row["rtol"] == 1e-2
+        # the standard error is at most rtol: the actual error is within a few of them
+        assert max(row["rel_error_all"]) <= 4 * row["rtol"]
+        assert row["time_s"] > 0 and row["per_matvec_s"] > 0
+    plain, blocked = traces[0], traces[1]  # same probes, checked once per block of 8
+    assert 0 <= blocked["num_matvecs"] - plain["num_matvecs"] <= 16
+
     assert json.loads(out_path.read_text()) == report
     out = capsys.readouterr().out
     assert "### (1) HVP cost against a gradient" in out
     assert "| top eigenvalue | mars_jax |" in out
+    assert "### (4) Time to accuracy" in out

@@ -13,6 +13,8 @@ return small result tuples with a ``to_json()``:
   pairs of a reward model -> :class:`CurvatureReport`.
 
 The loss itself comes from :mod:`mars_jax.losses` (:func:`~mars_jax.losses.pairwise_loss_fn`).
+- to a tolerance instead of a fixed budget: :func:`top_eigenvalues` ->
+  :class:`EigenvaluesResult`, :func:`trace_to_tolerance` -> :class:`TraceToleranceResult`.
 
 Nothing here is jitted at definition time; integer hyperparameters (``num_iters``,
 ``order``, ``num_probes``, ...) are keyword-only and must be static under ``jit``. Vectors
@@ -58,6 +60,12 @@ from mars_jax.curvature.report import (
     CurvatureSettings,
     curvature_report,
 )
+from mars_jax.curvature.tolerance import (
+    EigenvaluesResult,
+    TraceToleranceResult,
+    top_eigenvalues,
+    trace_to_tolerance,
+)
 from mars_jax.curvature.trace import TraceResult, hutch_plus_plus, hutchinson_trace
 from mars_jax.curvature.trees import (
     tree_axpy,
@@ -72,11 +80,13 @@ __all__ = [
     "CurvatureReport",
     "CurvatureReporter",
     "CurvatureSettings",
+    "EigenvaluesResult",
     "LanczosResult",
     "PowerResult",
     "RitzResult",
     "SpectralDensity",
     "TraceResult",
+    "TraceToleranceResult",
     "curvature_report",
     "dense_matvec",
     "gauss_newton_vector_product",
@@ -93,6 +103,8 @@ __all__ = [
     "power_iteration",
     "smallest_eigenvalue",
     "spectral_density",
+    "top_eigenvalues",
+    "trace_to_tolerance",
     "tree_axpy",
     "tree_dot",
     "tree_norm",

@@ -22,6 +22,7 @@ each of them Ritz values of ``A``; no NaN arises.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -126,70 +127,153 @@ def lanczos(
     size = tree_size(init_vector)
     if not 1 <= order <= size:
         raise ValueError(f"order must be in [1, {size}] (the operator's size), got {order}")
-    dtype = tree_dtype(init_vector)
-    rtol = dependence_rtol(dtype)
     keep_basis = reorthogonalize or return_basis
-    first = tree_normalize(init_vector)
-    zero_vector = jax.tree.map(jnp.zeros_like, first)
-    basis = None
-    if keep_basis:
-        basis = jax.tree.map(
-            lambda leaf: jnp.zeros((order, *leaf.shape), leaf.dtype).at[0].set(leaf), first
-        )
-
-    def orthogonalize(vector: PyTree, basis: PyTree, previous: PyTree, current: PyTree) -> PyTree:
-        if reorthogonalize:
-            return stack_project_out(basis, stack_project_out(basis, vector))
-        for known in (previous, current):
-            vector = tree_axpy(-tree_dot(known, vector), known, vector)
-        return vector
-
-    def restart(step: jax.Array, basis: PyTree, previous: PyTree, current: PyTree) -> PyTree:
-        key = jax.random.fold_in(jax.random.key(_RESTART_SEED), step)
-        fresh = tree_random_like(key, current, kind="normal")
-        return tree_normalize(orthogonalize(fresh, basis, previous, current))
-
-    def body(step: jax.Array, carry: tuple) -> tuple:
-        basis, previous, current, beta_previous, alphas, betas = carry
-        image = matvec(current)
-        alpha = tree_dot(current, image)
-        residual = tree_axpy(-alpha, current, tree_axpy(-beta_previous, previous, image))
-        residual = orthogonalize(residual, basis, previous, current)
-        beta = tree_norm(residual)
-        breakdown = beta <= rtol * tree_norm(image)
-        following = jax.lax.cond(
-            breakdown,
-            lambda: restart(step, basis, previous, current),
-            lambda: tree_normalize(residual),
-        )
-        beta = jnp.where(breakdown, 0.0, beta).astype(dtype)
-        if keep_basis:
-            basis = jax.tree.map(
-                lambda stack, leaf: stack.at[step + 1].set(leaf, mode="drop"), basis, following
-            )
-        return (
-            basis,
-            current,
-            following,
-            beta,
-            alphas.at[step].set(alpha),
-            betas.at[step].set(beta),
-        )
-
-    init = (
-        basis,
-        zero_vector,
-        first,
-        jnp.zeros((), dtype),
-        jnp.zeros((order,), dtype),
-        jnp.zeros((order,), dtype),
-    )
-    basis, _, _, _, alphas, betas = jax.lax.fori_loop(0, order, body, init)
+    init = lanczos_init(init_vector, order, keep_basis=keep_basis)
+    step = functools.partial(lanczos_step, matvec, reorthogonalize=reorthogonalize)
+    basis, _, _, _, alphas, betas = jax.lax.fori_loop(0, order, step, init)
     return LanczosResult(
         alphas=alphas,
         betas=betas[:-1],
         residual_norm=betas[-1],
         basis=basis if return_basis else None,
+    )
+
+
+class LanczosCarry(NamedTuple):
+    """The state of a Lanczos loop after ``m`` steps (buffers of a static length ``n``).
+
+    Attributes:
+      basis: stack (leaves ``[n, ...]``) holding ``v_1 .. v_{m+1}`` in rows ``0 .. m``
+        (rows past ``n - 1`` are dropped), or None when no basis is kept.
+      previous: ``v_m`` (zeros before the first step).
+      current: ``v_{m+1}``, the vector the next step applies the operator to.
+      beta_previous: ``beta_m``, scalar.
+      alphas: ``[n]`` diagonal of ``T``, filled up to ``m``.
+      betas: ``[n]`` norms of the residuals, filled up to ``m``; ``betas[i]`` couples
+        ``v_{i+1}`` and ``v_{i+2}``.
+    """
+
+    basis: PyTree | None
+    previous: PyTree
+    current: PyTree
+    beta_previous: jax.Array
+    alphas: jax.Array
+    betas: jax.Array
+
+
+def lanczos_init(init_vector: PyTree, length: int, *, keep_basis: bool) -> LanczosCarry:
+    """The carry before the first step, with buffers for ``length`` steps."""
+    dtype = tree_dtype(init_vector)
+    first = tree_normalize(init_vector)
+    basis = None
+    if keep_basis:
+        basis = jax.tree.map(
+            lambda leaf: jnp.zeros((length, *leaf.shape), leaf.dtype).at[0].set(leaf), first
+        )
+    return LanczosCarry(
+        basis,
+        jax.tree.map(jnp.zeros_like, first),
+        first,
+        jnp.zeros((), dtype),
+        jnp.zeros((length,), dtype),
+        jnp.zeros((length,), dtype),
+    )
+
+
+def project_out_rows(stack: PyTree, vector: PyTree, count: jax.Array, *, chunk: int) -> PyTree:
+    """``vector`` without its components along the first ``count`` rows of ``stack``.
+
+    One Gram-Schmidt pass over rows ``0 .. count - 1``, ``chunk`` rows at a time in a
+    ``lax.fori_loop`` (block modified Gram-Schmidt): it reads about ``count`` rows rather
+    than the whole buffer, so a Lanczos step costs ``O(m P)`` at order ``m`` whatever the
+    buffer's length. The rows must be orthonormal or zero; the last chunk may overlap the
+    one before it or rows past ``count``, which changes nothing when those rows are zero or
+    already projected out.
+    """
+    length = jax.tree.leaves(stack)[0].shape[0]
+    chunk = min(chunk, length)
+
+    def body(index: jax.Array, vector: PyTree) -> PyTree:
+        start = jnp.minimum(index * chunk, length - chunk)
+        rows = jax.tree.map(lambda s: jax.lax.dynamic_slice_in_dim(s, start, chunk), stack)
+        return stack_project_out(rows, vector)
+
+    return jax.lax.fori_loop(0, (count + chunk - 1) // chunk, body, vector)
+
+
+def _orthogonalize(
+    vector: PyTree,
+    carry: LanczosCarry,
+    current: PyTree,
+    step: jax.Array,
+    *,
+    reorthogonalize: bool,
+    chunk: int | None,
+) -> PyTree:
+    """``vector`` without its components along the basis (twice), or the last two vectors."""
+    if reorthogonalize and chunk is not None:
+        for _ in range(2):
+            vector = project_out_rows(carry.basis, vector, step + 1, chunk=chunk)
+        return vector
+    if reorthogonalize:
+        return stack_project_out(carry.basis, stack_project_out(carry.basis, vector))
+    for known in (carry.previous, current):
+        vector = tree_axpy(-tree_dot(known, vector), known, vector)
+    return vector
+
+
+def lanczos_step(
+    matvec: Matvec,
+    step: jax.Array,
+    carry: LanczosCarry,
+    *,
+    reorthogonalize: bool,
+    chunk: int | None = None,
+) -> LanczosCarry:
+    """Lanczos step ``step`` (0-based): one product, ``alphas[step]`` and ``betas[step]``.
+
+    A ``lax.fori_loop`` body; :func:`lanczos` is ``order`` of these. The carry's ``basis``
+    must be kept (not None) when ``reorthogonalize``. With ``chunk`` the reorthogonalisation
+    reads only the ``step + 1`` rows written so far, ``chunk`` at a time
+    (:func:`project_out_rows`), instead of the whole buffer: for loops whose buffer is
+    longer than the steps they usually run.
+    """
+    basis, previous, current, beta_previous, alphas, betas = carry
+    dtype = alphas.dtype
+    rtol = dependence_rtol(dtype)
+    orthogonalize = functools.partial(
+        _orthogonalize,
+        carry=carry,
+        current=current,
+        step=step,
+        reorthogonalize=reorthogonalize,
+        chunk=chunk,
+    )
+
+    def restart() -> PyTree:
+        key = jax.random.fold_in(jax.random.key(_RESTART_SEED), step)
+        fresh = tree_random_like(key, current, kind="normal")
+        return tree_normalize(orthogonalize(fresh))
+
+    image = matvec(current)
+    alpha = tree_dot(current, image)
+    residual = tree_axpy(-alpha, current, tree_axpy(-beta_previous, previous, image))
+    residual = orthogonalize(residual)
+    beta = tree_norm(residual)
+    breakdown = beta <= rtol * tree_norm(image)
+    following = jax.lax.cond(breakdown, restart, lambda: tree_normalize(residual))
+    beta = jnp.where(breakdown, 0.0, beta).astype(dtype)
+    if basis is not None:
+        basis = jax.tree.map(
+            lambda stack, leaf: stack.at[step + 1].set(leaf, mode="drop"), basis, following
+        )
+    return LanczosCarry(
+        basis,
+        current,
+        following,
+        beta,
+        alphas.at[step].set(alpha),
+        betas.at[step].set(beta),
     )
 
 
