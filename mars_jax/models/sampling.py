@@ -35,6 +35,7 @@ __all__ = [
     "admit",
     "batch_rows",
     "bucket_length",
+    "compact",
     "decode",
     "empty_slots",
     "generate_ids",
@@ -402,6 +403,29 @@ def decode(
     return slots, count
 
 
+@jax.jit
+def compact(slots: SlotBatch, rows: jax.Array, keep: jax.Array) -> SlotBatch:
+    """The slots ``rows`` ``[B']`` of a batch as a batch of ``B'`` rows; ``~keep`` ones freed.
+
+    Drains a batch whose queue is empty into fewer rows (a decode step costs about its
+    batch size on a CPU): the rows are moved whole (cache, step, stream), so their tokens
+    do not change.
+    """
+
+    def take(array, axis=0):
+        return jnp.take(array, rows, axis=axis)
+
+    return SlotBatch(
+        cache=KVCache(take(slots.cache.keys, 1), take(slots.cache.values, 1)),
+        last=take(slots.last),
+        step=take(slots.step),
+        pad=take(slots.pad),
+        index=take(slots.index),
+        live=take(slots.live) & keep,
+        out=take(slots.out),
+    )
+
+
 def _cut(row: Sequence[int], stop_id: int) -> list[int]:
     row = list(row)
     return row[: row.index(stop_id)] if stop_id in row else row
@@ -426,8 +450,11 @@ def generate_ids_continuous(
     Prompts are grouped by length bucket as in :func:`generate_ids`; each bucket runs in a
     batch of :func:`batch_rows` slots, and a slot whose request stopped takes the next
     pending request at once (:func:`admit`), so the batch stays full until the bucket's
-    queue is empty. Compilations: one :func:`admit` and one :func:`decode` per (bucket,
-    batch rows), none per request. Each request is laid out, seeded and stepped as in a
+    queue is empty; then, whenever at most half its rows are live, the batch is compacted
+    (:func:`compact`) to the smallest :func:`batch_rows` that holds them, so the drain
+    costs what its live rows cost. Compilations: one :func:`admit` and one :func:`decode`
+    per (bucket, batch rows), and the drain's smaller batches (halvings down to
+    :data:`MIN_BATCH`), none per request. Each request is laid out, seeded and stepped as in a
     one-request :func:`sample_tokens` call, so its tokens do not depend on its slot or on
     the other requests.
 
@@ -480,7 +507,18 @@ def generate_ids_continuous(
                     free.append(slot)
             if not owner:
                 break
-            slots, steps = decode(params, slots, *scalars, np.bool_(bool(pending)), config=config)
+            if not pending and len(owner) <= size // 2 and size > MIN_BATCH:
+                size = batch_rows(len(owner), size)
+                order = sorted(owner)
+                rows = np.array(order + [order[0]] * (size - len(order)), np.int32)
+                keep = np.arange(size) < len(order)
+                slots = compact(slots, rows, keep)
+                owner = {new: owner[old] for new, old in enumerate(order)}
+                tally["calls"] += 1
+            drains = not pending and size > MIN_BATCH  # stop early to compact again
+            slots, steps = decode(
+                params, slots, *scalars, np.bool_(bool(pending) or drains), config=config
+            )
             tally["decoded_slots"] += size * int(steps)
             tally["calls"] += 1
             live = np.asarray(slots.live)
