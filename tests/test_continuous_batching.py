@@ -112,6 +112,29 @@ def test_no_recompilation_per_request(model):
     assert (sampling.admit._cache_size(), sampling.decode._cache_size()) == sizes
 
 
+def test_a_draining_batch_is_compacted_without_changing_tokens(model):
+    prompts = _prompts(20, seed=4, longest=16)  # one bucket, 16 slots: drains 16 -> 8 -> 4
+    stop = _most_common(_run(generate_ids, model, prompts, **SAMPLED))
+    before = sampling.compact._cache_size()
+    counts: dict[str, int] = {}
+    replies = _run(
+        generate_ids_continuous,
+        model,
+        prompts,
+        stop_id=stop,
+        batch_size=16,
+        counts=counts,
+        **SAMPLED,
+    )
+    assert replies == _one_at_a_time(model, prompts, stop_id=stop, **SAMPLED)
+    assert sampling.compact._cache_size() > before  # it did compact
+    again = _run(generate_ids_continuous, model, prompts[::-1], batch_size=16, **SAMPLED)
+    assert len(again) == 20
+    sizes = [fn._cache_size() for fn in (sampling.admit, sampling.decode, sampling.compact)]
+    _run(generate_ids_continuous, model, prompts, stop_id=stop, batch_size=16, **SAMPLED)
+    assert [fn._cache_size() for fn in (sampling.admit, sampling.decode, sampling.compact)] == sizes
+
+
 def test_forward_with_one_start_per_row_matches_a_shared_start(model):
     config, params = model
     tokens = jnp.array([[5, 9, 40, 7], [1, 2, 3, 4]], jnp.int32)
