@@ -15,6 +15,12 @@ bucket reuses a few compilations and a small remainder does not pay for a full b
 prompt's random stream is ``fold_in(key(seed), i)`` for its index ``i`` in the request, folded
 again with the step number: a prompt's output depends on the seed, its index and its text, not
 on the prompts that share its batch.
+
+:func:`generate_ids_continuous` gives the same tokens with continuous batching: a bucket's
+prompts queue for a :class:`SlotBatch` of ``B`` slots; :func:`admit` prefills one prompt into
+a free slot, :func:`decode` steps every live slot at its own cache position (``forward`` with a
+per-row start) until one stops, and the host refills that slot at once; a draining batch is
+compacted (:func:`compact`) into fewer rows. A static batch runs until its slowest row stops.
 """
 
 from __future__ import annotations
