@@ -51,8 +51,22 @@ import numpy as np
 
 PAUSE_S = 0.2
 TARGET = 1.0
-FULL = {"batches": (1, 32), "new_tokens": 48, "repeats": 3}
-SMOKE = {"batches": (1, 4), "new_tokens": 6, "repeats": 2}
+BATCHING_TARGET = 2.0
+END_SCALE = 6.0
+FULL = {
+    "batches": (1, 32),
+    "new_tokens": 48,
+    "repeats": 3,
+    "batching_prompts": 64,
+    "batching_new": 48,
+}
+SMOKE = {
+    "batches": (1, 4),
+    "new_tokens": 6,
+    "repeats": 2,
+    "batching_prompts": 16,
+    "batching_new": 16,
+}
 TINY = {
     "vocab_size": 300,
     "hidden_size": 32,
@@ -87,8 +101,12 @@ def paraphrase_prompts(count: int, shift: int = 0) -> list[str]:
     ]
 
 
-def write_smoke_model(folder: Path, seed: int = 0) -> Path:
-    """A tiny random Llama with a merge-free byte-level tokenizer, in Hugging Face layout."""
+def write_smoke_model(folder: Path, seed: int = 0, end_scale: float = END_SCALE) -> Path:
+    """A tiny random Llama with a merge-free byte-level tokenizer, in Hugging Face layout.
+
+    The ``<|im_end|>`` embedding row is scaled by ``end_scale`` (the output head is tied), so
+    that replies stop after varied numbers of tokens, as a chat model's do.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     from mars_jax.models.llama import LlamaConfig
@@ -123,6 +141,7 @@ def write_smoke_model(folder: Path, seed: int = 0) -> Path:
             "w_down": normal(layers, f, d),
         },
     }
+    params["embed"][specials.index("<|im_end|>")] *= end_scale
     save_hf_folder(folder, config, params)
     tokenizer.save(str(folder / "tokenizer.json"))
     return folder
@@ -316,6 +335,69 @@ def bench_generator(source: str, prompts: list[str], new_tokens: int, batch: int
     }
 
 
+def bench_batching(
+    source: str, prompts: list[str], new_tokens: int, batch: int, max_prompt_tokens: int
+) -> dict:
+    """Static against continuous batching on the same prompts, seed and sampling options.
+
+    Each mode is warmed up (compiled) on the first ``batch`` prompts, then timed once on all
+    of them, static first; tokenisation is outside the timing. The full mode cuts prompts
+    to 64 tokens (two of the eight are 65 and 66), so they share one bucket and the warm-up
+    compiles every shape the timed run uses: the comparison is of batching alone. Kept
+    tokens are the replies' tokens without the stop; decoded slots are the row-steps
+    computed (a static batch runs all its rows until its slowest row stops; a continuous
+    batch refills a row at once and adds one slot per prefill); occupancy = kept / decoded.
+    """
+    from mars_jax.models import sampling
+    from mars_jax.models.generator import LlamaChatGenerator
+
+    progress(f"static vs continuous batching, {len(prompts)} prompts at batch {batch}")
+    generator = LlamaChatGenerator.load(source, batch_size=batch)
+    ids = [generator.tokenizer.encode_chat(p, SYSTEM_PROMPT, max_prompt_tokens) for p in prompts]
+    options = {
+        "batch_size": batch,
+        "max_prompt_tokens": max_prompt_tokens,
+        "max_new_tokens": new_tokens,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "seed": 0,
+        "stop_id": generator.tokenizer.end_id,
+    }
+    runs = {"static": sampling.generate_ids, "continuous": sampling.generate_ids_continuous}
+    compiled = (sampling.sample_tokens, sampling.admit, sampling.decode)
+    row: dict[str, Any] = {
+        "prompts": len(prompts),
+        "batch": batch,
+        "max_new_tokens": new_tokens,
+        "max_prompt_tokens": max_prompt_tokens,
+    }
+    load_start = os.getloadavg()[0]
+    replies = {}
+    for mode, run in runs.items():
+        run(generator.params, generator.config, ids[:batch], **options)  # compile
+        before = [fn._cache_size() for fn in compiled]
+        counts: dict[str, int] = {}
+        wall = timed(
+            lambda run=run, counts=counts, mode=mode: replies.__setitem__(
+                mode, run(generator.params, generator.config, ids, counts=counts, **options)
+            )
+        )
+        row[mode] = {
+            "wall_s": wall,
+            "kept_tokens": counts["kept_tokens"],
+            "decoded_slots": counts["decoded_slots"],
+            "occupancy": counts["kept_tokens"] / counts["decoded_slots"],
+            "kept_tokens_per_s": counts["kept_tokens"] / wall,
+            "calls": counts["calls"],
+            "compiled_while_timed": sum(fn._cache_size() for fn in compiled) - sum(before),
+        }
+    row["identical"] = replies["static"] == replies["continuous"]
+    row["ratio"] = row["continuous"]["kept_tokens_per_s"] / row["static"]["kept_tokens_per_s"]
+    row["met"] = row["ratio"] >= BATCHING_TARGET
+    row["load_average"] = [load_start, os.getloadavg()[0]]  # 1-minute, at start and end
+    return row
+
+
 def peak_rss_mib(side: str, source: str, hf_folder: Path, batch: int, new_tokens: int) -> float:
     """Peak RSS of a fresh process that loads the model and generates one batch."""
     command = [
@@ -362,6 +444,13 @@ def fmt(row: dict, key: str, spec: str, absent: str) -> str:
 
 
 def format_tables(report: dict) -> str:
+    return "\n\n".join(
+        ([format_throughput(report)] if report["throughput"] else [])
+        + [format_batching(report["batching"])]
+    )
+
+
+def format_throughput(report: dict) -> str:
     absent = report["torch_status"]
     lines = [
         "| batch | prompt tokens (bucket) | new tokens | JAX compile (s) | JAX tok/s "
@@ -401,6 +490,32 @@ def format_tables(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_batching(cb: dict) -> str:
+    lines = [
+        f"Static vs continuous batching, {cb['prompts']} paraphrase prompts, batch "
+        f"{cb['batch']}, ≤ {cb['max_new_tokens']} new tokens, temperature 0.7, top-p 0.9 "
+        f"(1-min load average {cb['load_average'][0]:.2f} at start, "
+        f"{cb['load_average'][1]:.2f} at end):",
+        "",
+        "| batching | kept tokens | decoded slots | occupancy | wall (s) | kept tok/s "
+        "| compiled while timed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode in ("static", "continuous"):
+        m = cb[mode]
+        lines.append(
+            f"| {mode} | {m['kept_tokens']} | {m['decoded_slots']} | {m['occupancy']:.0%} "
+            f"| {m['wall_s']:.2f} | {m['kept_tokens_per_s']:.1f} | {m['compiled_while_timed']} |"
+        )
+    lines += [
+        "",
+        f"continuous / static kept tok/s: {cb['ratio']:.2f} "
+        f"(≥ {BATCHING_TARGET:.1f}: {'PASS' if cb['met'] else 'FAIL'}); "
+        f"identical replies: {'yes' if cb['identical'] else 'NO'}",
+    ]
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny random Llama, seconds")
@@ -408,6 +523,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
     parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 1 32)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument(
+        "--batching-prompts", type=int, help="prompts for static vs continuous batching"
+    )
+    parser.add_argument(
+        "--only-batching", action="store_true", help="skip throughput, memory and generator"
+    )
     return parser.parse_args(argv)
 
 
@@ -444,15 +565,26 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = ChatTokenizer.load(source)
         jax_side = JaxSide(config, to_device(params), new)
         torch_side = TorchSide(torch, hf_folder, new) if torch is not None else None
-        throughput = [
-            bench_throughput(jax_side, torch_side, tokenizer, batch, repeats) for batch in batches
-        ]
         big = batches[-1]
-        memory: dict[str, Any] = {"batch": big}
-        for side in ("jax", "torch") if torch is not None else ("jax",):
-            progress(f"peak memory of {side}")
-            memory[side] = peak_rss_mib(side, source, hf_folder, big, new)
-        generator = bench_generator(source, paraphrase_prompts(big), new, big)
+        throughput, memory, generator = [], {}, {}
+        if not args.only_batching:
+            throughput = [
+                bench_throughput(jax_side, torch_side, tokenizer, batch, repeats)
+                for batch in batches
+            ]
+            memory = {"batch": big}
+            for side in ("jax", "torch") if torch is not None else ("jax",):
+                progress(f"peak memory of {side}")
+                memory[side] = peak_rss_mib(side, source, hf_folder, big, new)
+            generator = bench_generator(source, paraphrase_prompts(big), new, big)
+        count = args.batching_prompts or sizes["batching_prompts"]
+        batching = bench_batching(
+            source,
+            paraphrase_prompts(count),
+            sizes["batching_new"],
+            big,
+            64 if not args.smoke else 512,
+        )
     report = {
         "mode": "smoke" if args.smoke else "full",
         "model": model_name,
@@ -462,6 +594,7 @@ def main(argv: list[str] | None = None) -> dict:
         "throughput": throughput,
         "peak_rss_mib": memory,
         "generator": generator,
+        "batching": batching,
     }
     print(format_tables(report))
     if args.json:

@@ -28,6 +28,15 @@ def test_smoke_benchmark_reports_positive_numbers(tmp_path, capsys):
     generator = report["generator"]
     assert 0 < generator["new_tokens"] <= generator["prompts"] * generator["max_new_tokens"]
     assert generator["tokens_per_s"] > 0
+    batching = report["batching"]
+    static, continuous = batching["static"], batching["continuous"]
+    assert batching["identical"] is True  # continuous batching changes no reply
+    assert static["kept_tokens"] == continuous["kept_tokens"] > 0
+    # the smoke model's replies stop after varied numbers of tokens: refilled rows waste less
+    assert continuous["decoded_slots"] < static["decoded_slots"]
+    assert continuous["occupancy"] > static["occupancy"]
+    assert static["compiled_while_timed"] == continuous["compiled_while_timed"] == 0
     assert json.loads(out_path.read_text()) == report
     out = capsys.readouterr().out
     assert "| 4 |" in out and "skipped (--no-torch)" in out
+    assert "| continuous |" in out and "identical replies: yes" in out

@@ -17,9 +17,11 @@ from mars_jax.models.llama import LlamaConfig
 from mars_jax.models.llama_tokenizer import ChatTokenizer
 from mars_jax.models.llama_weights import load_llama, to_device
 from mars_jax.models.pretrained import SMOLLM2_NAMES, smollm2_path
-from mars_jax.models.sampling import generate_ids
+from mars_jax.models.sampling import generate_ids, generate_ids_continuous
 
-__all__ = ["LlamaChatGenerator"]
+__all__ = ["BATCHING", "LlamaChatGenerator"]
+
+BATCHING = ("continuous", "static")
 
 
 def _fingerprint(path: Path) -> str:
@@ -49,10 +51,14 @@ class LlamaChatGenerator:
         dtype: str,
         batch_size: int,
         max_prompt_tokens: int,
+        batching: str = "continuous",
     ) -> None:
+        if batching not in BATCHING:
+            raise MarsError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
         self.name, self.path, self.config, self.params = name, path, config, params
         self.tokenizer, self.dtype = tokenizer, dtype
         self.batch_size, self.max_prompt_tokens = batch_size, max_prompt_tokens
+        self.batching = batching
         self._sha256: str | None = None
 
     @classmethod
@@ -63,6 +69,7 @@ class LlamaChatGenerator:
         dtype: str = "float32",
         batch_size: int = 32,
         max_prompt_tokens: int = 512,
+        batching: str = "continuous",
     ) -> LlamaChatGenerator:
         """Loads weights and tokenizer.
 
@@ -74,15 +81,20 @@ class LlamaChatGenerator:
           batch_size: rows per compiled batch (prompts are grouped into batches of this size).
           max_prompt_tokens: the longest templated prompt; longer ones lose the start of the
             user prompt (see :meth:`generate`).
+          batching: "continuous" (a row whose reply ended takes the next prompt at once,
+            :func:`~mars_jax.models.sampling.generate_ids_continuous`) or "static" (each
+            batch runs until its slowest row stops). Both give the same replies.
 
         Raises:
-          MarsError: unknown name, missing or invalid file, bad dtype or sizes.
+          MarsError: unknown name, missing or invalid file, bad dtype, sizes or batching.
         """
         if batch_size < 1 or max_prompt_tokens < 1:
             raise MarsError(
                 f"batch_size ({batch_size}) and max_prompt_tokens ({max_prompt_tokens}) must be "
                 "positive"
             )
+        if batching not in BATCHING:
+            raise MarsError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
         path = smollm2_path() if name_or_path in SMOLLM2_NAMES else Path(name_or_path)
         path = path.expanduser()
         config, params = load_llama(path)
@@ -96,6 +108,7 @@ class LlamaChatGenerator:
             dtype=dtype,
             batch_size=batch_size,
             max_prompt_tokens=max_prompt_tokens,
+            batching=batching,
         )
 
     @property
@@ -142,7 +155,8 @@ class LlamaChatGenerator:
             self.tokenizer.encode_chat(prompt, system_prompt, self.max_prompt_tokens)
             for prompt in prompts
         ]
-        replies = generate_ids(
+        run = generate_ids_continuous if self.batching == "continuous" else generate_ids
+        replies = run(
             self.params,
             self.config,
             ids,

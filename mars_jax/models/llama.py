@@ -107,9 +107,15 @@ def _block(config: LlamaConfig, carry, layer_params, *, start, cos, sin, mask):
     k = (h @ p["wk"]).reshape(batch, steps, kv_heads, dh).transpose(0, 2, 1, 3)
     v = (h @ p["wv"]).reshape(batch, steps, kv_heads, dh).transpose(0, 2, 1, 3)
     q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
-    at = (layer, 0, 0, start, 0)
-    keys = lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), at)
-    values = lax.dynamic_update_slice(values, v[None].astype(values.dtype), at)
+    if jnp.ndim(start) == 0:
+        at = (layer, 0, 0, start, 0)
+        keys = lax.dynamic_update_slice(keys, k[None].astype(keys.dtype), at)
+        values = lax.dynamic_update_slice(values, v[None].astype(values.dtype), at)
+    else:  # one start slot per row: scatter [B, T, KV, Dh] at (layer, b, :, start[b] + t)
+        rows = jnp.arange(batch)[:, None]
+        slots = start[:, None] + jnp.arange(steps)
+        keys = keys.at[layer, rows, :, slots].set(k.transpose(0, 2, 1, 3).astype(keys.dtype))
+        values = values.at[layer, rows, :, slots].set(v.transpose(0, 2, 1, 3).astype(values.dtype))
     layer_keys = lax.dynamic_index_in_dim(keys, layer, 0, keepdims=False)
     layer_values = lax.dynamic_index_in_dim(values, layer, 0, keepdims=False)
     grouped = q.reshape(batch, kv_heads, heads // kv_heads, steps, dh)
@@ -141,19 +147,20 @@ def forward(
       config: the model's shapes.
       tokens: int token ids ``[B, T]``.
       cache: the cache ``[L, B, KV, S, Dh]``; slots before ``start`` hold earlier tokens.
-      start: the first slot written (a scalar, may be traced).
+      start: the first slot written: a scalar (may be traced), or int ``[B]``, one per row
+        (rows at different steps of their own sequences, as in continuous batching).
       pad: int ``[B]``, number of left-padding slots of each row.
 
     Returns:
       The final-normed hidden states ``[B, T, D]`` and the updated cache.
     """
-    steps = tokens.shape[1]
-    slots = start + jnp.arange(steps)
-    positions = jnp.maximum(slots[None, :] - pad[:, None], 0)
+    batch, steps = tokens.shape
+    slots = jnp.broadcast_to(jnp.reshape(start, (-1, 1)) + jnp.arange(steps), (batch, steps))
+    positions = jnp.maximum(slots - pad[:, None], 0)
     cos, sin = _rope_tables(positions, config.head_dim, config.rope_theta)
     key_slots = jnp.arange(cache.keys.shape[3])
     mask = (key_slots[None, None, :] >= pad[:, None, None]) & (
-        key_slots[None, None, :] <= slots[None, :, None]
+        key_slots[None, None, :] <= slots[:, :, None]
     )
     x = params["embed"][tokens]
 
