@@ -48,23 +48,25 @@ RUN_TIMEOUT = 120
 NAN_DRIVER = """
 import sys
 import numpy as np
-from mars_jax import refine
+from mars_jax import train
 from mars_jax.runner.cli import main
 
 calls = []
-real = refine.Refiner._train_chunk
+real = train.Trainer._jit
 
-def poisoned(self):
-    chunk = real.fget(self)
-    def run(train, pairs, rows, mask, active):
+def poisoned(self, name, build):
+    compiled = real(self, name, build)
+    if name != "train_chunk":
+        return compiled
+    def run(state, pairs, rows, mask, active):
         calls.append(1)
         if len(calls) == 3:
             mask = np.array(mask)
             mask[2] = np.nan
-        return chunk(train, pairs, rows, mask, active)
+        return compiled(state, pairs, rows, mask, active)
     return run
 
-refine.Refiner._train_chunk = property(poisoned)
+train.Trainer._jit = poisoned
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -276,8 +278,7 @@ def test_metrics_log_drops_a_torn_tail_and_cuts_back(tmp_path):
 
 
 def test_non_finite_error_names_the_first_bad_step_across_epochs_and_chunks():
-    from mars_jax.refine import _non_finite_error
-    from mars_jax.train import StepStats
+    from mars_jax.train import StepStats, _non_finite_error
 
     # 2 epochs of 6 steps in chunks of 4 (the second chunk of each epoch has 2 padding
     # steps), 3 ensemble members; member 2's gradient norm is inf at step 11 (epoch 2,
@@ -286,7 +287,12 @@ def test_non_finite_error_names_the_first_bad_step_across_epochs_and_chunks():
     chunks[3].grad_norm[0, 2] = np.inf
     chunks[3].loss[1] = np.nan
     error = _non_finite_error(
-        "mars", "round 4", chunks, chunk=4, chunks_per_epoch=2, steps_per_epoch=6, total=12
+        "method 'mars', round 4",
+        chunks,
+        chunk=4,
+        chunks_per_epoch=2,
+        steps_per_epoch=6,
+        total=12,
     )
     assert str(error).startswith(
         "method 'mars', round 4, step 11 of 12, ensemble member 2: training gradient norm is inf"
