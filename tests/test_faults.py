@@ -159,8 +159,9 @@ def _round_state(trainer, model, shift: float) -> RoundState:
 
 
 def test_digest_catches_state_files_that_orbax_reads_without_complaint(tmp_path):
-    """The state of another checkpoint of the same shapes passes every check of the
-    storage layer (its own checksums are intact); only the digest tells."""
+    """The state of another checkpoint of the same shapes passes every check of the storage
+    layer (its own checksums are intact). The file digests recorded beside checkpoint 2 tell;
+    without them (a kill right after the save) the array digest in the meta still does."""
     config = load_config(TINY, [])
     data, _ = build_data(config)
     model, trainer = build_trainer(config, data)
@@ -172,9 +173,12 @@ def test_digest_catches_state_files_that_orbax_reads_without_complaint(tmp_path)
     state_of = {step: tmp_path / "checkpoints" / str(step) / "state" for step in (1, 2)}
     shutil.rmtree(state_of[2])
     shutil.copytree(state_of[1], state_of[2])
+    checkpoints = RunCheckpoints(tmp_path)
+    with pytest.raises(DamagedCheckpointError, match=r"checkpoints/2: file state/.* differs"):
+        checkpoints.verify_files(2)
+    (tmp_path / "checkpoints" / ".2.sha256.json").unlink()
 
     like = jax.eval_shape(lambda: trainer.init_members(init_members(model, jax.random.key(0), 1)))
-    checkpoints = RunCheckpoints(tmp_path)
     saved = checkpoints.read_meta(2)
     with pytest.raises(DamagedCheckpointError, match="does not match the digest"):
         checkpoints.restore_state(saved, like, 120)

@@ -16,7 +16,9 @@ checked), so the rounds that follow compute what an uninterrupted run computes. 
 are per round: a run killed inside a round redoes that round.
 
 **Integrity.** The meta records a sha256 of the saved state arrays (``digest``: every leaf's
-path, dtype, shape and bytes), checked after restoring. A checkpoint whose meta or arrays
+path, dtype, shape and bytes), checked after restoring; once a save is complete, the sha256 of
+each of its files is recorded beside it (``checkpoints/.STEP.sha256.json``) and checked before
+Orbax reads the folder. A checkpoint whose meta or arrays
 cannot be read, or whose restored arrays do not match the digest (flipped bytes, a file cut
 short), is *damaged*: :meth:`RunCheckpoints.resume_point` then falls back to the next newest
 one (the two newest are kept for this) and reports the damaged steps; with none intact it
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,7 +44,7 @@ import orbax.checkpoint as ocp
 from mars_jax import __version__
 from mars_jax.checkpoint import named_leaves, tree_shapes
 from mars_jax.errors import MarsError
-from mars_jax.files import disk_error
+from mars_jax.files import disk_error, write_json_atomic
 from mars_jax.refine import RefineData, RoundState
 from mars_jax.runner.config import Config, config_to_dict
 from mars_jax.train import TrainState
@@ -210,6 +213,7 @@ class RunCheckpoints:
         damaged: list[tuple[int, str]] = []
         for step in self.steps():
             try:
+                self.verify_files(step)
                 checkpoint = self.read_meta(step)
                 check(checkpoint)
                 return ResumePoint(checkpoint, restore(checkpoint), tuple(damaged))
@@ -227,6 +231,7 @@ class RunCheckpoints:
         """Delete the folders of the (damaged) checkpoints ``steps``."""
         for step in steps:
             shutil.rmtree(self.directory / str(step), ignore_errors=True)
+            self._digests_path(step).unlink(missing_ok=True)
         for manager in self._managers.values():  # they cache the list of steps
             manager.close()
         self._managers.clear()
@@ -330,6 +335,7 @@ class RunCheckpoints:
                 force=True,
             )
             manager.wait_until_finished()
+            self._write_file_digests(checkpoint.step)
         except Exception as error:
             reason = disk_error(error)
             if reason is None:
@@ -338,6 +344,51 @@ class RunCheckpoints:
                 f"{self.directory / str(checkpoint.step)}: cannot save the checkpoint ({reason}); "
                 "the previous checkpoint is intact: make room, then run again with --resume"
             ) from None
+
+    def _digests_path(self, step: int) -> Path:
+        return self.directory / f".{step}.sha256.json"
+
+    def _write_file_digests(self, step: int) -> None:
+        """Record the sha256 of every file of checkpoint ``step`` beside it, and drop the
+        records of checkpoints Orbax pruned."""
+        folder = self.directory / str(step)
+        files = {
+            str(path.relative_to(folder)): _file_sha256(path)
+            for path in sorted(folder.rglob("*"))
+            if path.is_file()
+        }
+        write_json_atomic(self._digests_path(step), {"step": step, "files": files})
+        for record in self.directory.glob(".*.sha256.json"):
+            if not (self.directory / record.name[1:].split(".", 1)[0]).is_dir():
+                record.unlink(missing_ok=True)
+
+    def verify_files(self, step: int) -> None:
+        """Check checkpoint ``step``'s files against the digests recorded when it was saved
+        (nothing to check for a checkpoint saved without them, e.g. killed just after the
+        save: its arrays are still checked against the meta's digest after restoring).
+
+        Checking the files first keeps Orbax from reading a damaged folder at all (it fails
+        noisily, with tracebacks from its reader threads).
+
+        Raises:
+          DamagedCheckpointError: a file is missing, changed or cut short.
+        """
+        record = self._digests_path(step)
+        if not record.is_file():
+            return
+        folder = self.directory / str(step)
+        try:
+            files = json.loads(record.read_text(encoding="utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # the record itself is damaged: rely on the array digest
+        for name, digest in sorted(files.items()):
+            path = folder / name
+            if not path.is_file():
+                raise DamagedCheckpointError(f"{folder}: missing file {name}")
+            if _file_sha256(path) != digest:
+                raise DamagedCheckpointError(
+                    f"{folder}: file {name} differs from the one saved (sha256 mismatch)"
+                )
 
     def close(self) -> None:
         """Release the manager's resources."""
@@ -359,6 +410,14 @@ class ResumePoint:
     checkpoint: Checkpoint
     state: RoundState
     damaged: tuple[tuple[int, str], ...] = ()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _first_line(error: BaseException, limit: int = 160) -> str:
