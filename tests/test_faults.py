@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from mars_jax.augment import builder
 from mars_jax.data.pool import read_pool
@@ -516,13 +517,8 @@ def test_full_disk_while_writing_a_pool_chunk_keeps_the_chunks_and_replays(tmp_p
 # --- the benchmark's smoke mode ---------------------------------------------------------
 
 
-def test_fault_benchmark_smoke(env):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "faults.py"), "--smoke"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "trials survived: 4/4" in result.stdout
+def test_fault_benchmark_smoke(capsys):
+    report = load_benchmark("faults").main(["--smoke"])
+    assert report["trials"] == 2 and report["survived"] == 2, report["results"]
+    assert report["by_kind"] == {"run": (1, 1), "pool": (1, 1)}
+    assert "trials survived: 2/2" in capsys.readouterr().out
