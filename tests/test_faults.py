@@ -193,9 +193,10 @@ def test_digest_catches_state_files_that_orbax_reads_without_complaint(tmp_path)
 
 # --- a full disk during a checkpoint save or a metrics line ----------------------------
 
-# Runs the CLI with one write failing with ENOSPC: the Nth checkpoint save (before Orbax
-# writes anything, or after it wrote part of the temporary folder), or the Nth metrics line
-# (after half of the line reached the file).
+# Runs the CLI with one write failing with ENOSPC: the Nth checkpoint save, or the Nth
+# metrics line (after half of the line reached the file). A save cut short inside Orbax (its
+# temporary folder left behind) is what a kill during a save leaves; tests/test_resume.py and
+# benchmarks/faults.py cover that.
 DISK_FULL_DRIVER = """
 import errno, os, sys, types
 import orbax.checkpoint as ocp
@@ -256,7 +257,8 @@ def test_full_disk_stops_cleanly_and_the_run_resumes(env, reference, tmp_path, t
 HashEncoder = fakes.HashEncoder
 
 
-def test_full_disk_while_writing_a_cache_chunk(tmp_path, monkeypatch):
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["full", "read-only"])
+def test_full_disk_while_writing_a_cache_chunk(tmp_path, monkeypatch, code):
     encoder = HashEncoder()
     cache_dir = tmp_path / "cache"
     embed_with_cache(encoder, ["a", "b"], EmbeddingCache(cache_dir), progress=False)
@@ -264,10 +266,11 @@ def test_full_disk_while_writing_a_cache_chunk(tmp_path, monkeypatch):
 
     def savez(handle, **arrays):
         handle.write(b"PK\x03\x04 half a chunk")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(np, "savez", savez)
-    with pytest.raises(MarsError, match=r"hash-encoder: cannot write an embedding cache chunk "):
+    message = rf"hash-encoder: cannot write an embedding cache chunk \({os.strerror(code)}\)"
+    with pytest.raises(MarsError, match=message):
         embed_with_cache(encoder, ["a", "c"], EmbeddingCache(cache_dir), progress=False)
     folder = cache_dir / encoder.cache_key
     assert sorted(p.name for p in folder.iterdir()) == ["chunk-0.npz", "meta.json"]
