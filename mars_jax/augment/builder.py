@@ -142,12 +142,17 @@ class _JournaledGenerator:
         self.replayed = 0
         self._replies: dict[str, list[str]] = {}
         if path.is_file():
-            for line in path.read_bytes().split(b"\n"):
+            data = path.read_bytes()
+            complete = data[: data.rfind(b"\n") + 1]
+            if len(complete) < len(data):  # the torn tail of a killed write: cut it off,
+                with _writing(path):  # so that the next line starts on a line of its own
+                    os.truncate(path, len(complete))
+            for line in complete.splitlines():
                 try:
                     entry = json.loads(line)
                     self._replies[entry["request"]] = list(entry["replies"])
                 except (ValueError, KeyError, TypeError):
-                    continue  # the torn tail of a killed write
+                    continue
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -349,8 +354,9 @@ def build_pool(
         raise MarsError(f"{out}: exists and is not a directory")
     if is_pool_dir(out):
         manifest |= _check_resume(out, manifest, force=force)
-        for stray in out.glob(".chunk-*"):
-            stray.unlink()
+        for pattern in (".chunk-*", f".{MANIFEST_NAME}.*.tmp"):  # what a kill left
+            for stray in out.glob(pattern):
+                stray.unlink(missing_ok=True)
     elif out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise MarsError(f"{out}: directory is not empty and not a pool; choose a new --out")
     with _writing(out):
