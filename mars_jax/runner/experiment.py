@@ -248,6 +248,10 @@ def _open_run(
             checkpoints.discard(steps)
     elif resume and not force and (run_dir / "config.json").exists():
         _check_config_file(run_dir / "config.json", fingerprint)
+    if resume:  # temporaries of JSON files and plots that a kill left behind
+        for pattern in (".*.tmp", "*/.*.tmp", "*/*/.*.tmp"):
+            for stray in run_dir.glob(pattern):
+                stray.unlink(missing_ok=True)
     write_json_atomic(
         run_dir / "config.json", {"config": config_to_dict(config), "hash": config_hash(config)}
     )
