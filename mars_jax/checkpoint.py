@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 from mars_jax.errors import MarsError
 from mars_jax.types import PyTree
 
-__all__ = ["load_params", "read_model_info", "save_params", "tree_shapes"]
+__all__ = ["load_params", "named_leaves", "read_model_info", "save_params", "tree_shapes"]
 
 
 def save_params(folder: Path, params: PyTree, info: dict[str, Any]) -> None:
@@ -74,10 +74,15 @@ def load_params(folder: Path, like: PyTree) -> PyTree:
     return checkpointer.restore(target, abstract)
 
 
+def named_leaves(tree: Any) -> dict[str, Any]:
+    """``'a/b/c' -> leaf`` for every array leaf (dict keys, attributes, indices as strings)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {"/".join(_key_name(part) for part in path): leaf for path, leaf in leaves}
+
+
 def tree_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """``'a/b/c' -> shape`` for every array leaf (dict keys, attributes, indices as strings)."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-    return {"/".join(_key_name(part) for part in path): tuple(leaf.shape) for path, leaf in leaves}
+    return {name: tuple(leaf.shape) for name, leaf in named_leaves(tree).items()}
 
 
 def _key_name(part: Any) -> str:

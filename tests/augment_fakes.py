@@ -1,4 +1,5 @@
-"""Deterministic stand-ins for the language model in the augmentation tests (not a test file).
+"""Deterministic stand-ins for the language model in the augmentation tests (not a test file),
+and for the text encoder in the embedding-cache fault tests.
 
 Also run as a script by the kill-and-resume test: ``python augment_fakes.py OUT NUM_PAIRS``
 builds a pool with a slow fake generator, so that the test can SIGKILL it mid-way.
@@ -11,6 +12,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from mars_jax.augment.builder import AugmentSettings
 from mars_jax.augment.paraphrase import ParaphraseSettings
@@ -70,6 +73,26 @@ class FakeGenerator:
                 reply = source * 3
             replies.append(f"Here is the paraphrase:\n{reply}")
         return replies
+
+
+class HashEncoder:
+    """A stand-in for TextEncoder in cache tests: 4 numbers drawn from each text's bytes."""
+
+    cache_key = "hash-encoder"
+    dim = 4
+
+    def __init__(self) -> None:
+        self.identity = {"name": "hash-encoder"}
+        self.embedded = 0
+
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int, progress: bool):
+        self.embedded += len(texts)
+        return np.stack([self.vector(text) for text in texts])
+
+    @staticmethod
+    def vector(text: str) -> np.ndarray:
+        seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+        return np.random.default_rng(seed).normal(size=4).astype(np.float32)
 
 
 def make_table(num_pairs: int, *, seed: int = 0, name: str = "pairs.jsonl") -> PairTable:

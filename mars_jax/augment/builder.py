@@ -12,7 +12,13 @@ calls, so an interrupted build that is resumed writes the same chunks as one tha
 On restart, the manifest is compared with this build's generator identity, settings,
 sources and base-pair selection; a difference is refused unless ``force`` (then the new
 build adds to the pool, and the manifest records the new settings and the earlier ones).
-Base pairs that a chunk already covers are skipped. A base pair whose prompt gets no accepted
+Base pairs that a chunk already covers are skipped. While a chunk is being built, every reply
+of the generator is appended (one write, synced) to a journal ``.journal-KEY.jsonl`` beside
+the chunks, keyed by a hash of the request; a build that resumes replays those replies
+instead of generating them again, so after a kill only the one call in flight is repeated.
+The journal is deleted once its chunk is written. A full disk or an unwritable directory
+stops the build with a :class:`~mars_jax.errors.MarsError`; the chunks written so far stay,
+and running the same command again resumes. A base pair whose prompt gets no accepted
 paraphrase uses its original prompt (counted); one whose chosen or rejected response gets
 none has no pool pairs (counted), and the refinement loop then draws its budget from the
 whole pool.
@@ -20,11 +26,13 @@ whole pool.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,6 +52,7 @@ from mars_jax.augment.semantic import (
     semantic_refine,
 )
 from mars_jax.data.pool import (
+    MANIFEST_NAME,
     PoolPair,
     base_keys,
     chunk_numbers,
@@ -57,6 +66,7 @@ from mars_jax.data.pool import (
 )
 from mars_jax.data.table import PairTable
 from mars_jax.errors import MarsError
+from mars_jax.files import disk_error
 from mars_jax.settings import setting
 
 __all__ = ["AugmentSettings", "BuildReport", "build_pool", "file_digests"]
@@ -116,6 +126,76 @@ def file_digests(paths: Sequence[str]) -> list[dict[str, str]]:
                     digest.update(block)
         digests.append({"name": os.path.basename(name), "sha256": digest.hexdigest()})
     return digests
+
+
+class _JournaledGenerator:
+    """A generator whose replies are journaled to ``path`` and replayed from it.
+
+    The journal holds one JSON line per call: ``{"request": HASH, "replies": [...]}``, where
+    ``HASH`` is a sha256 of the prompts and the call's options. A torn last line (a kill
+    during the write) is ignored.
+    """
+
+    def __init__(self, generator: TextGenerator, path: Path) -> None:
+        self.generator = generator
+        self.path = path
+        self.replayed = 0
+        self._replies: dict[str, list[str]] = {}
+        if path.is_file():
+            data = path.read_bytes()
+            complete = data[: data.rfind(b"\n") + 1]
+            if len(complete) < len(data):  # the torn tail of a killed write: cut it off,
+                with _writing(path):  # so that the next line starts on a line of its own
+                    os.truncate(path, len(complete))
+            for line in complete.splitlines():
+                try:
+                    entry = json.loads(line)
+                    self._replies[entry["request"]] = list(entry["replies"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.generator.identity
+
+    def generate(self, prompts: Sequence[str], **options: Any) -> list[str]:
+        request = hashlib.sha256(
+            json.dumps([list(prompts), options], sort_keys=True).encode("utf-8")
+        ).hexdigest()
+        if request in self._replies:
+            self.replayed += 1
+            return list(self._replies[request])
+        replies = list(self.generator.generate(prompts, **options))
+        line = json.dumps({"request": request, "replies": replies}, ensure_ascii=False) + "\n"
+        with _writing(self.path):
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(descriptor, line.encode("utf-8"))
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        self._replies[request] = replies
+        return replies
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a full disk or an unwritable pool directory into a MarsError naming ``path``."""
+    try:
+        yield
+    except OSError as error:
+        reason = disk_error(error)
+        if reason is None:
+            raise
+        raise MarsError(
+            f"{path}: cannot write ({reason}); the pool keeps the chunks written so far: make "
+            "room, then run the same command again to resume"
+        ) from None
+
+
+def journal_path(directory: Path, first_key: str) -> Path:
+    """The reply journal of the chunk that starts with base pair ``first_key``."""
+    return directory / f".journal-{first_key}.jsonl"
 
 
 def _counts(chunks: Sequence[Mapping[str, Any]], keys: set[str]) -> dict[str, Any]:
@@ -274,11 +354,13 @@ def build_pool(
         raise MarsError(f"{out}: exists and is not a directory")
     if is_pool_dir(out):
         manifest |= _check_resume(out, manifest, force=force)
-        for stray in out.glob(".chunk-*"):
-            stray.unlink()
-    elif out.is_dir() and any(out.iterdir()):
+        for pattern in (".chunk-*", f".{MANIFEST_NAME}.*.tmp"):  # what a kill left
+            for stray in out.glob(pattern):
+                stray.unlink(missing_ok=True)
+    elif out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise MarsError(f"{out}: directory is not empty and not a pool; choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    with _writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     contents = read_pool(out) if is_pool_dir(out) else None
     chunks = list(contents.chunks) if contents else []
     done = contents.done if contents else frozenset()
@@ -288,7 +370,8 @@ def build_pool(
         distances = response_distances(embed, rows.chosen, rows.rejected)
         manifest["semantic_threshold"] = float(distances.mean())
     manifest.update(complete=False, counts=_counts(chunks, keys))
-    write_manifest(out, manifest)
+    with _writing(out / MANIFEST_NAME):
+        write_manifest(out, manifest)
 
     from mars_jax.progress import progress_bar
 
@@ -300,8 +383,9 @@ def build_pool(
         for start in range(0, len(todo), size):
             rows = table.select(todo[start : start + size])
             chunk_keys = base_keys(rows.prompt, rows.chosen, rows.rejected)
+            journal = journal_path(out, chunk_keys[0])
             pairs, stats = _paraphrase_chunk(
-                generator,
+                _JournaledGenerator(generator, journal),
                 chunk_keys,
                 rows,
                 settings,
@@ -309,14 +393,20 @@ def build_pool(
                 threshold=manifest.get("semantic_threshold"),
             )
             header = {"base_keys": chunk_keys, "pairs": len(pairs), "stats": dict(stats)}
-            write_chunk(chunk_path(out, number), header, pairs)
+            with _writing(chunk_path(out, number)):
+                write_chunk(chunk_path(out, number), header, pairs)
+            journal.unlink(missing_ok=True)
             chunks.append(header)
             number += 1
             manifest["counts"] = _counts(chunks, keys)
-            write_manifest(out, manifest)
+            with _writing(out / MANIFEST_NAME):
+                write_manifest(out, manifest)
             advance(len(rows))
     manifest["complete"] = True
-    write_manifest(out, manifest)
+    with _writing(out / MANIFEST_NAME):
+        write_manifest(out, manifest)
+    for stale in out.glob(".journal-*.jsonl"):  # of chunks another build's settings made
+        stale.unlink(missing_ok=True)
     return BuildReport(
         out, len(keys) - len(todo), len(todo), -(-len(todo) // size), manifest["counts"]
     )

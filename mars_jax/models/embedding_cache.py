@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mars_jax.errors import MarsError
+from mars_jax.files import disk_error
 from mars_jax.models.encoder import TextEncoder, l2_normalize
 
 __all__ = ["CacheStats", "EmbeddingCache", "embed_with_cache", "text_key"]
@@ -40,11 +41,15 @@ class EmbeddingCache:
 
     Layout: ``<folder>/<cache key>/chunk-<n>.npz``, each chunk holding ``keys`` (``[M]``
     :func:`text_key` strings) and ``vectors`` (``[M, D]`` float32), plus ``meta.json`` with the
-    encoder's :attr:`TextEncoder.identity`. A chunk is written to a temporary file and renamed
-    into place, so a crash never leaves a half-written chunk. Chunks are read the first time
-    a cache key is looked up. Meant for one writer at a time per cache key: two concurrent
-    writers may both take the same chunk number, and the vectors of the loser are re-embedded
-    on a later run.
+    encoder's :attr:`TextEncoder.identity`. Chunks are read the first time a cache key is
+    looked up.
+
+    Safe for several processes sharing one folder: a chunk is written in full (and synced) to
+    a temporary dot-file unique to its writer, then hard-linked to the first free
+    ``chunk-<n>.npz`` name; a link never replaces an existing file, so two writers that pick
+    the same number do not lose a chunk (the second tries the next number). Readers see only
+    whole chunks and ignore the dot-files a killed writer may leave. No lock is held, so no
+    writer ever waits for another.
     """
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
@@ -64,17 +69,30 @@ class EmbeddingCache:
         *,
         meta: Mapping[str, Any],
     ) -> Path:
-        """Writes a new chunk of ``vectors`` ``[M, D]`` for ``keys`` and returns its path."""
+        """Writes a new chunk of ``vectors`` ``[M, D]`` for ``keys`` and returns its path.
+
+        Raises:
+          MarsError: the disk is full or the folder is not writable (nothing is left behind).
+        """
         index = self._load(cache_key)
         folder = self.folder / cache_key
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "meta.json").exists():
-            _write_atomic(folder / "meta.json", lambda handle: handle.write(_json_bytes(meta)))
-        path = folder / f"chunk-{1 + max(_chunk_numbers(folder), default=-1)}.npz"
         vectors = np.asarray(vectors, np.float32)
-        _write_atomic(
-            path, lambda handle: np.savez(handle, keys=np.asarray(keys, "U64"), vectors=vectors)
-        )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / "meta.json").exists():
+                _write_atomic(folder / "meta.json", lambda h: h.write(_json_bytes(meta)))
+            path = _publish_chunk(
+                folder,
+                lambda handle: np.savez(handle, keys=np.asarray(keys, "U64"), vectors=vectors),
+            )
+        except OSError as error:
+            reason = disk_error(error)
+            if reason is None:
+                raise
+            raise MarsError(
+                f"{folder}: cannot write an embedding cache chunk ({reason}); the cache keeps "
+                "its earlier chunks: make room (or set data.cache_dir) and run again"
+            ) from None
         index.update(zip(keys, vectors, strict=True))
         return path
 
@@ -108,14 +126,43 @@ def _json_bytes(value: Mapping[str, Any]) -> bytes:
 
 def _write_atomic(path: Path, write: Callable[[Any], object]) -> None:
     """Writes ``path`` through a temporary file in the same folder and ``os.replace``."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    temporary = _write_temporary(path.parent, f".{path.name}.", write)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _write_temporary(folder: Path, prefix: str, write: Callable[[Any], object]) -> Path:
+    """A new dot-file in ``folder`` with what ``write(handle)`` writes, synced to disk."""
+    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=prefix)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             write(handle)
-        os.replace(temporary, path)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return Path(temporary)
+
+
+def _publish_chunk(folder: Path, write: Callable[[Any], object]) -> Path:
+    """Write a chunk to a temporary file, then link it to the first free chunk name."""
+    temporary = _write_temporary(folder, ".chunk-", write)
+    try:
+        number = 1 + max(_chunk_numbers(folder), default=-1)
+        while True:
+            path = folder / f"chunk-{number}.npz"
+            try:
+                os.link(temporary, path)  # fails if another writer took the name
+                return path
+            except FileExistsError:
+                number += 1
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def embed_with_cache(

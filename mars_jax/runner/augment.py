@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from mars_jax.data.table import clean_pairs
 from mars_jax.errors import MarsError
 from mars_jax.runner.config import Config, ConfigError
 from mars_jax.runner.data import text_settings
+from mars_jax.runner.locks import LOCK_NAME, RunLock
 from mars_jax.settings import settings_from
 
 __all__ = ["augment_settings", "run_augment"]
@@ -68,16 +70,19 @@ def run_augment(
 ) -> BuildReport:
     """Build or resume the pool in ``out`` for the base pairs ``mars-jax run config`` uses.
 
-    With ``pairs_files``, every (cleaned) pair of those files is augmented instead.
+    With ``pairs_files``, every (cleaned) pair of those files is augmented instead. The build
+    holds the pool directory's lock (:class:`~mars_jax.runner.locks.RunLock`): a second build
+    of the same pool refuses at once, naming the first; a lock left by a killed build is
+    taken over.
 
     Raises:
-      MarsError: bad files, an ``out`` that is neither new, empty nor a pool, or a pool
-        built with other settings (without ``force``).
+      MarsError: bad files, an ``out`` that is neither new, empty nor a pool, a pool
+        built with other settings (without ``force``), or one another build is writing.
     """
     data = config.data
     if out.exists() and not out.is_dir():
         raise MarsError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not is_pool_dir(out):
+    if out.is_dir() and not is_pool_dir(out) and _entries(out) - {LOCK_NAME}:
         raise MarsError(f"--out {out}: directory is not empty and not a pool")
     if pairs_files:
         read = read_pairs(
@@ -111,14 +116,29 @@ def run_augment(
         batch_size=config.augment.batch_size,
         **_prompt_limit(settings),
     )
-    return build_pool(
-        table,
-        generator,
-        out,
-        settings,
-        sources=file_digests(sources),
-        selection=selection,
-        embed=embed,
-        force=force,
-        progress=progress,
-    )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MarsError(f"--out {out}: cannot create the directory: {error.strerror}") from None
+    created = not _entries(out)
+    try:
+        with RunLock(out, user="pool build"):  # a second build of this pool refuses
+            return build_pool(
+                table,
+                generator,
+                out,
+                settings,
+                sources=file_digests(sources),
+                selection=selection,
+                embed=embed,
+                force=force,
+                progress=progress,
+            )
+    finally:
+        if created and not _entries(out):  # refused before writing anything
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
+def _entries(directory: Path) -> set[str]:
+    return {path.name for path in directory.iterdir()}

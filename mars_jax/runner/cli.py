@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mars_jax import __version__
 from mars_jax.errors import MarsError
+from mars_jax.files import disk_error
 from mars_jax.runner.locks import LOCK_NAME, RunLock
 
 __all__ = ["main"]
@@ -352,6 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except MarsError as error:
         print(f"mars-jax: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as error:  # a write no MarsError names: full disk, read-only folder
+        reason = disk_error(error)
+        if reason is None:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"mars-jax: error: {where}cannot write ({reason})", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("mars-jax: interrupted", file=sys.stderr)

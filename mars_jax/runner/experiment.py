@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -222,16 +223,35 @@ def _open_run(
     Every check comes before the first write, so a refused resume changes nothing.
     ``restore(checkpoint)`` restores the checkpoint's round state.
     """
-    point = checkpoints.latest() if resume else None
     start = _RunStart()
-    if point is not None:
-        checkpoints.check(point, fingerprint, force=force)
-        check_methods(point, config.refine.methods)
+    found = None
+    if resume:
+
+        def check(point: Checkpoint) -> None:
+            checkpoints.check(point, fingerprint, force=force)
+            check_methods(point, config.refine.methods)
+
+        found = checkpoints.resume_point(check, restore)
+    if found is not None:
+        point = found.checkpoint
         start = _RunStart(
-            point, restore(point), _read_history(run_dir / "metrics.jsonl", point, config)
+            point, found.state, _read_history(run_dir / "metrics.jsonl", point, config)
         )
+        if found.damaged:  # one line: what was damaged, where the run resumes
+            steps = [step for step, _ in found.damaged]
+            reasons = "; ".join(reason for _, reason in found.damaged)
+            print(
+                f"mars-jax: warning: damaged checkpoint {reasons}; resuming from checkpoint "
+                f"{point.step} (the damaged one is removed)",
+                file=sys.stderr,
+            )
+            checkpoints.discard(steps)
     elif resume and not force and (run_dir / "config.json").exists():
         _check_config_file(run_dir / "config.json", fingerprint)
+    if resume:  # temporaries of JSON files and plots that a kill left behind
+        for pattern in (".*.tmp", "*/.*.tmp", "*/*/.*.tmp"):
+            for stray in run_dir.glob(pattern):
+                stray.unlink(missing_ok=True)
     write_json_atomic(
         run_dir / "config.json", {"config": config_to_dict(config), "hash": config_hash(config)}
     )

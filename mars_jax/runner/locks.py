@@ -6,16 +6,21 @@ temporary file that is then hard-linked to the lock's name, which fails if the l
 (as ``O_CREAT | O_EXCL`` would, but a reader never sees a half-written lock). A lock left by
 a process that no longer runs on this host (killed, machine crash) is stale and taken over,
 with a note on stderr; a live owner, or one on another host, makes the new run refuse.
+Acquiring (creating, or checking and taking over a stale lock) happens under an ``flock`` of
+the directory, so two processes racing for a stale lock cannot both win. The same lock
+guards a pool directory while ``mars-jax augment`` builds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -24,16 +29,22 @@ from mars_jax.errors import MarsError
 __all__ = ["LOCK_NAME", "RunLock"]
 
 LOCK_NAME = ".mars-jax.lock"
+_FLOCK_TIMEOUT = 10.0  # seconds; acquiring takes milliseconds
 
 
 class RunLock:
     """Hold the lock of ``run_dir`` for the duration of a ``with`` block.
 
+    Args:
+      run_dir: the directory to lock (a run directory, or a pool directory being built).
+      user: what holds such locks, in messages (``"run"``, ``"pool build"``).
+
     Raises:
       MarsError: the directory is locked by a live process (or one on another host).
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, user: str = "run") -> None:
+        self.user = user
         self.path = Path(run_dir) / LOCK_NAME
         self.owner = {
             "pid": os.getpid(),
@@ -56,12 +67,16 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock, taking over a stale one; refuse a live owner's."""
+        with _directory_flock(self.path.parent):
+            self._acquire()
+
+    def _acquire(self) -> None:
         if self._create():
             return
         owner = self._read_owner()
         if not _is_stale(owner):
             raise MarsError(
-                f"{self.path.parent}: in use by another run "
+                f"{self.path.parent}: in use by another {self.user} "
                 f"({_describe(owner)}); wait for it to finish, or delete {self.path} "
                 "if that process is gone"
             )
@@ -74,7 +89,8 @@ class RunLock:
             self.path.unlink()
         if not self._create():  # another run took it over first
             raise MarsError(
-                f"{self.path.parent}: in use by another run ({_describe(self._read_owner())})"
+                f"{self.path.parent}: in use by another {self.user} "
+                f"({_describe(self._read_owner())})"
             )
 
     def release(self) -> None:
@@ -109,6 +125,39 @@ class RunLock:
         except (OSError, ValueError):
             return {}
         return owner if isinstance(owner, dict) else {}
+
+
+@contextlib.contextmanager
+def _directory_flock(directory: Path) -> Iterator[None]:
+    """Serialise lock acquisition in ``directory`` between processes (``flock`` on it).
+
+    Without it, two runs that both find a stale lock could both take it over: the second
+    would delete the lock the first had just created. The kernel drops a ``flock`` when its
+    process dies, so this never goes stale; where ``flock`` is not supported it is skipped.
+    """
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + _FLOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise MarsError(
+                        f"{directory}: another process has been taking its lock for over "
+                        f"{_FLOCK_TIMEOUT:.0f} s; try again"
+                    ) from None
+                time.sleep(0.01)
+            except OSError:  # flock not supported here
+                break
+        yield
+    finally:
+        os.close(descriptor)  # releases the flock
 
 
 def _is_stale(owner: dict[str, object]) -> bool:

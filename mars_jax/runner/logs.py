@@ -8,12 +8,14 @@ size recorded with its checkpoint, so the rounds it redoes are not written twice
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from mars_jax.errors import MarsError
+from mars_jax.files import disk_error
 
 __all__ = ["MetricsLog", "read_records"]
 
@@ -41,12 +43,26 @@ class MetricsLog:
         self.size, self.lines = size, lines
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write ``record`` as one line, in one write, and flush it to disk."""
+        """Write ``record`` as one line, in one write, and flush it to disk.
+
+        Raises:
+          MarsError: the disk is full or the file not writable (a part of the line that
+            reached the file is cut on resume, with everything after the last checkpoint).
+        """
         line = (json.dumps(record) + "\n").encode("utf-8")
-        written = os.write(self._fd, line)
-        if written != len(line):
-            raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes)")
-        os.fsync(self._fd)
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
+            os.fsync(self._fd)
+        except OSError as error:
+            reason = disk_error(error)
+            if reason is None:
+                raise
+            raise MarsError(
+                f"{self.path}: cannot write the round's metrics ({reason}); the previous "
+                "checkpoint is intact: make room, then run again with --resume"
+            ) from None
         self.size += len(line)
         self.lines += 1
 

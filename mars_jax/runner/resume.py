@@ -14,12 +14,24 @@ After every round the runner saves, with an Orbax ``CheckpointManager`` under
 Resuming restores the state into the abstract tree of a freshly built one (shapes and dtypes
 checked), so the rounds that follow compute what an uninterrupted run computes. Checkpoints
 are per round: a run killed inside a round redoes that round.
+
+**Integrity.** The meta records a sha256 of the saved state arrays (``digest``: every leaf's
+path, dtype, shape and bytes), checked after restoring; once a save is complete, the sha256 of
+each of its files is recorded beside it (``checkpoints/.STEP.sha256.json``) and checked before
+Orbax reads the folder. A checkpoint whose meta or arrays
+cannot be read, or whose restored arrays do not match the digest (flipped bytes, a file cut
+short), is *damaged*: :meth:`RunCheckpoints.resume_point` then falls back to the next newest
+one (the two newest are kept for this) and reports the damaged steps; with none intact it
+raises a :class:`~mars_jax.errors.MarsError` and changes nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +42,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mars_jax import __version__
-from mars_jax.checkpoint import tree_shapes
+from mars_jax.checkpoint import named_leaves, tree_shapes
 from mars_jax.errors import MarsError
+from mars_jax.files import disk_error, write_json_atomic
 from mars_jax.refine import RefineData, RoundState
 from mars_jax.runner.config import Config, config_to_dict
 from mars_jax.train import TrainState
@@ -39,11 +52,14 @@ from mars_jax.train import TrainState
 __all__ = [
     "CHECKPOINT_DIR",
     "Checkpoint",
+    "DamagedCheckpointError",
+    "ResumePoint",
     "RunCheckpoints",
     "check_fingerprint",
     "check_methods",
     "data_hash",
     "run_fingerprint",
+    "state_digest",
 ]
 
 CHECKPOINT_DIR = "checkpoints"
@@ -58,6 +74,25 @@ def data_hash(data: RefineData) -> str:
         digest.update(f"{array.dtype}{array.shape}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:16]
+
+
+def state_digest(tree: Any) -> str:
+    """sha256 (hex) over every array of ``tree``: its path, dtype, shape and bytes, by path.
+
+    Paths are named as in :func:`~mars_jax.checkpoint.tree_shapes` (``train/params/...``), so
+    a state and its restored copy (plain dicts where the state had dataclasses) agree.
+    """
+    digest = hashlib.sha256()
+    leaves = named_leaves(tree)
+    for name in sorted(leaves):
+        array = np.asarray(leaves[name])
+        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class DamagedCheckpointError(MarsError):
+    """A checkpoint that cannot be read back as it was saved (see the module docstring)."""
 
 
 def run_fingerprint(config: Config, data: RefineData) -> dict[str, Any]:
@@ -87,6 +122,8 @@ class Checkpoint:
       metrics_lines: records in those bytes.
       fingerprint: see :func:`run_fingerprint`.
       shapes: shape of every array of the saved state, by path (checked before restoring).
+      digest: :func:`state_digest` of the saved state (checked after restoring; empty in
+        checkpoints of earlier versions, which are not checked).
     """
 
     step: int
@@ -100,6 +137,7 @@ class Checkpoint:
     metrics_lines: int
     fingerprint: dict[str, Any]
     shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    digest: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the checkpoint's ``meta``)."""
@@ -130,20 +168,73 @@ class RunCheckpoints:
             )
         return self._managers[write]
 
+    def steps(self) -> list[int]:
+        """The steps of the complete (committed) checkpoints, newest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(self._open().all_steps(), reverse=True)
+
+    def read_meta(self, step: int) -> Checkpoint:
+        """The meta of checkpoint ``step``.
+
+        Raises:
+          DamagedCheckpointError: the meta is missing or unreadable.
+        """
+        try:
+            restored = self._open().restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
+            return Checkpoint(**restored["meta"])
+        except Exception as error:  # orbax raises many kinds for a damaged folder
+            raise DamagedCheckpointError(
+                f"{self.directory / str(step)}: unreadable checkpoint meta ({_first_line(error)})"
+            ) from None
+
     def latest(self) -> Checkpoint | None:
         """The newest complete checkpoint's meta, or None if there is none."""
-        if not self.directory.is_dir():
+        steps = self.steps()
+        return self.read_meta(steps[0]) if steps else None
+
+    def resume_point(
+        self,
+        check: Callable[[Checkpoint], None],
+        restore: Callable[[Checkpoint], RoundState],
+    ) -> ResumePoint | None:
+        """The newest intact checkpoint and its restored state (None: no checkpoint at all).
+
+        Checkpoints are tried newest first; a damaged one (unreadable meta, arrays that
+        cannot be restored or do not match the saved digest) is passed over and listed in
+        :attr:`ResumePoint.damaged`. ``check(meta)`` runs on each readable meta before its
+        state is restored (a fingerprint that does not match stops the search).
+
+        Raises:
+          MarsError: every checkpoint is damaged (naming each and why), or ``check`` failed.
+        """
+        damaged: list[tuple[int, str]] = []
+        for step in self.steps():
+            try:
+                self.verify_files(step)
+                checkpoint = self.read_meta(step)
+                check(checkpoint)
+                return ResumePoint(checkpoint, restore(checkpoint), tuple(damaged))
+            except DamagedCheckpointError as error:
+                damaged.append((step, str(error)))
+        if not damaged:
             return None
-        manager = self._open()
-        step = manager.latest_step()
-        if step is None:
-            return None
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-            return Checkpoint(**restored["meta"])
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            where = self.directory / str(step)
-            raise MarsError(f"{where}: unreadable checkpoint ({error})") from None
+        reasons = "; ".join(reason for _, reason in damaged)
+        raise MarsError(
+            f"{self.directory}: no intact checkpoint to resume from ({reasons}); nothing was "
+            "changed: start again with a new --out"
+        )
+
+    def discard(self, steps: Sequence[int]) -> None:
+        """Delete the folders of the (damaged) checkpoints ``steps``."""
+        for step in steps:
+            shutil.rmtree(self.directory / str(step), ignore_errors=True)
+            self._digests_path(step).unlink(missing_ok=True)
+        for manager in self._managers.values():  # they cache the list of steps
+            manager.close()
+        self._managers.clear()
 
     def check(self, checkpoint: Checkpoint, fingerprint: dict[str, Any], *, force: bool) -> None:
         """Refuse to resume from a checkpoint of another config, data or version.
@@ -194,11 +285,15 @@ class RunCheckpoints:
                 checkpoint.step,
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)),
             )["state"]
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise MarsError(
-                f"{path}: cannot restore the round state into this run's model ({message})"
+        except Exception as error:  # shapes matched: the files are damaged or missing
+            raise DamagedCheckpointError(
+                f"{path}: cannot restore the round state ({_first_line(error)})"
             ) from None
+        if checkpoint.digest and state_digest(tree) != checkpoint.digest:
+            raise DamagedCheckpointError(
+                f"{path}: the restored state does not match the digest saved with it "
+                "(the checkpoint's files were changed or damaged)"
+            )
         history = np.asarray(tree["margin_history"])
         return RoundState(
             train=jax.tree.map(jnp.asarray, tree["train"]),
@@ -215,6 +310,10 @@ class RunCheckpoints:
 
         Orbax writes into a temporary folder and renames it when complete, so a kill during
         the save leaves the previous checkpoint as the latest.
+
+        Raises:
+          MarsError: the disk is full or the folder is not writable (the previous checkpoint
+            stays the latest).
         """
         tree = {
             "train": state.train,
@@ -225,22 +324,107 @@ class RunCheckpoints:
         if state.synthetic_rows.size:
             tree["synthetic_rows"] = state.synthetic_rows
         shapes = {name: list(shape) for name, shape in tree_shapes(tree).items()}
-        meta = dataclasses.replace(checkpoint, shapes=shapes).to_json()
-        manager = self._open(write=True)
-        manager.save(
-            checkpoint.step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        manager.wait_until_finished()
+        meta = dataclasses.replace(checkpoint, shapes=shapes, digest=state_digest(tree)).to_json()
+        try:
+            manager = self._open(write=True)
+            manager.save(
+                checkpoint.step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            manager.wait_until_finished()
+            self._write_file_digests(checkpoint.step)
+        except Exception as error:
+            reason = disk_error(error)
+            if reason is None:
+                raise
+            raise MarsError(
+                f"{self.directory / str(checkpoint.step)}: cannot save the checkpoint ({reason}); "
+                "the previous checkpoint is intact: make room, then run again with --resume"
+            ) from None
+
+    def _digests_path(self, step: int) -> Path:
+        return self.directory / f".{step}.sha256.json"
+
+    def _write_file_digests(self, step: int) -> None:
+        """Record the sha256 of every file of checkpoint ``step`` beside it, and drop the
+        records of checkpoints Orbax pruned."""
+        folder = self.directory / str(step)
+        files = {
+            str(path.relative_to(folder)): _file_sha256(path)
+            for path in sorted(folder.rglob("*"))
+            if path.is_file()
+        }
+        write_json_atomic(self._digests_path(step), {"step": step, "files": files})
+        for record in self.directory.glob(".*.sha256.json"):
+            if not (self.directory / record.name[1:].split(".", 1)[0]).is_dir():
+                record.unlink(missing_ok=True)
+
+    def verify_files(self, step: int) -> None:
+        """Check checkpoint ``step``'s files against the digests recorded when it was saved
+        (nothing to check for a checkpoint saved without them, e.g. killed just after the
+        save: its arrays are still checked against the meta's digest after restoring).
+
+        Checking the files first keeps Orbax from reading a damaged folder at all (it fails
+        noisily, with tracebacks from its reader threads).
+
+        Raises:
+          DamagedCheckpointError: a file is missing, changed or cut short.
+        """
+        record = self._digests_path(step)
+        if not record.is_file():
+            return
+        folder = self.directory / str(step)
+        try:
+            files = json.loads(record.read_text(encoding="utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # the record itself is damaged: rely on the array digest
+        for name, digest in sorted(files.items()):
+            path = folder / name
+            if not path.is_file():
+                raise DamagedCheckpointError(f"{folder}: missing file {name}")
+            if _file_sha256(path) != digest:
+                raise DamagedCheckpointError(
+                    f"{folder}: file {name} differs from the one saved (sha256 mismatch)"
+                )
 
     def close(self) -> None:
         """Release the manager's resources."""
         for manager in self._managers.values():
             manager.close()
         self._managers.clear()
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run resumes from, its restored state, and the newer damaged ones.
+
+    Attributes:
+      checkpoint: the newest intact checkpoint's meta.
+      state: its round state.
+      damaged: ``(step, reason)`` of each newer checkpoint passed over, newest first.
+    """
+
+    checkpoint: Checkpoint
+    state: RoundState
+    damaged: tuple[tuple[int, str], ...] = ()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """A short reason: the first line of ``error``, without TensorStore's spec dump."""
+    text = str(error).strip().split(" [tensorstore_spec", 1)[0]
+    text = text.splitlines()[0] if text else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], *, source: str) -> None:
