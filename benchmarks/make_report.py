@@ -810,7 +810,7 @@ class Report:
 
 def _seed_scope(cell: dict[int, dict[str, Any]]) -> str:
     """Whether a cell's seeds varied the data seed along with the training seed."""
-    data_seeds = {record["config"]["data"]["seed"] for record in cell.values()}
+    data_seeds = {record["config"].get("data", {}).get("seed") for record in cell.values()}
     if len(cell) > 1 and len(data_seeds) == len(cell):
         return "seeds vary the training and the data seed together"
     return "seeds vary the training seed only (one data set draw)"
@@ -863,7 +863,11 @@ def untestable(cell: dict[int, dict[str, Any]], method: str) -> bool:
         return all(
             step["total_variation"] == 0 for row in rows for step in row["allocation_per_round"]
         )
-    config = next(iter(cell.values()))["config"]
+    config = next(iter(cell.values())).get("config", {})
+    if "refine" not in config or "data" not in config:
+        return False  # nothing recorded to tell
+    if any("budget_max_per_round" not in row for row in rows):
+        return False
     even = config["refine"]["budget"] / config["data"]["num_base_pairs"]
     same_accuracy = all(
         record["methods"][method]["accuracy_per_round"]

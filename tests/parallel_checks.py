@@ -24,7 +24,7 @@ import numpy as np
 
 from mars_jax.allocation import allocate
 from mars_jax.curvature.operators import hessian_vector_product
-from mars_jax.curvature.report import CurvatureSettings, curvature_report
+from mars_jax.curvature.report import CurvatureReporter, CurvatureSettings, curvature_report
 from mars_jax.curvature.trees import tree_random_like
 from mars_jax.losses import pairwise_loss, pairwise_loss_fn
 from mars_jax.models.heads import init_members
@@ -177,17 +177,15 @@ def operator_checks(placement: Placement, *, curvature: bool) -> dict:
     )
     report0 = curvature_report(
         trainer.reward_fn, params, subsets, jax.random.key(3), settings=settings
-    )
-    report1 = curvature_report(
+    ).to_json()
+    sharded = CurvatureReporter(
         trainer.reward_fn,
-        params,
-        subsets,
-        jax.random.key(3),
-        settings=settings,
+        settings,
         place_params=placement.put_params,
         place_pairs=placement.put_pairs,
         constrain=placement.constrain_params,
     )
+    report1 = sharded(params, subsets, jax.random.key(3)).to_json()
     curvature0, curvature1 = curvature_numbers(report0), curvature_numbers(report1)
     out["curvature_rel"] = {
         k: abs(curvature0[k] - curvature1[k]) / abs(curvature0[k]) for k in curvature0

@@ -13,7 +13,7 @@ def test_smoke_benchmark_times_the_cli_end_to_end(tmp_path, capsys):
     report = load_benchmark("main_job").main(["--smoke", "--json", str(out_path)])
 
     assert report["job"] == "mars-jax run configs/tiny.toml"
-    assert report["methods"] == ["none", "uniform", "west_of_n", "mars"]
+    assert report["methods"] == ["none", "uniform", "uniform_global", "mars"]
     assert len(report["runs"]) == report["repeats"] == 1
     run = report["runs"][0]
     assert run["wall_s"] >= run["run_s"] > 0
@@ -27,4 +27,4 @@ def test_smoke_benchmark_times_the_cli_end_to_end(tmp_path, capsys):
     assert json.loads(out_path.read_text()) == report
     out = capsys.readouterr().out
     assert "| mars-jax run configs/tiny.toml | 1 |" in out
-    assert "| west_of_n | 2 |" in out
+    assert "| uniform_global | 2 |" in out

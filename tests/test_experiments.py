@@ -169,7 +169,7 @@ def test_report_verdicts_follow_the_stated_rules_on_known_numbers(tmp_path):
         "below the claimed one)." in text
     )
     assert "The original's gain (+5.6 points) is above our interval." in text
-    assert "1000 base pairs, 2000 held-out pairs, 25000 pool pairs." in text
+    assert "1000 base pairs, 2000 held-out pairs, 25000 pool pairs; seeds vary" in text
     assert "| uniform | 3 | 81.00 [78.52, 83.48] |" in text
     assert "| 80.4 |" in text and "| 86.0 |" in text
     assert "| mars - uniform | 2.50 [1.26, 3.74] | 3 / 0 / 0 | above 0 |" in text
