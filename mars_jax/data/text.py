@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mars_jax.data.cheap_pools import make_cheap_pool
+from mars_jax.data.floor_report import text_floors
 from mars_jax.data.pool import PoolContents, base_keys
 from mars_jax.data.selection import (
     TextDataSettings,
@@ -171,6 +172,12 @@ def build_text_data(
     if base_responses is not None:
         info["num_base_responses"] = int(base_responses.responses.shape[0])
     heldout = pairs(held_chosen, held_rejected)
+    info["floors"] = text_floors(
+        held.chosen,
+        held.rejected,
+        tuple(np.asarray(a) for a in (*base_pairs[:2], *heldout[:2])),
+        base.group,
+    )
     return RefineData(base_pairs, pool, heldout, base_responses), info
 
 

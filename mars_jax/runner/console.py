@@ -73,6 +73,9 @@ class RunDisplay:
             return
         self.console.print(round_table(summary))
         self.console.print(summary_table(summary))
+        warning = summary.get("floor_check", {}).get("warning")
+        if warning:
+            self.console.print(f"[bold yellow]warning:[/] {warning}")
         self.console.print(f"run directory: {run_dir}  ({summary['seconds']:.1f} s)")
 
 
@@ -94,7 +97,8 @@ def round_table(summary: dict[str, Any]) -> Table:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    """Final held-out metrics per method, with the bootstrap accuracy interval."""
+    """Final held-out metrics per method, with the bootstrap accuracy interval, then one row
+    per accuracy floor (the same held-out pairs; see :mod:`mars_jax.data.floor_report`)."""
     table = Table(title="Final held-out metrics")
     for column in ("method", "accuracy", "95% CI", "ROC-AUC", "SNR", "ECE", "synthetic"):
         table.add_column(column, justify="left" if column == "method" else "right")
@@ -114,6 +118,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
             f"{final['calibration_error']:.4f}",
             str(result["budget_spent"]),
         )
+    for name, floor in summary.get("floors", {}).items():
+        table.add_row(f"floor: {name}", f"{floor['accuracy']:.4f}", *5 * ["-"])
     return table
 
 

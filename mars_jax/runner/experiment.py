@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from mars_jax import __version__
 from mars_jax.checkpoint import save_params
 from mars_jax.curvature.report import CurvatureReporter, CurvatureSettings
+from mars_jax.data.floor_report import beaten_floors
 from mars_jax.errors import MarsError
 from mars_jax.evaluation import EvalSettings, Evaluator
 from mars_jax.files import write_json_atomic
@@ -342,7 +343,9 @@ def _summary(
         }
         for method, rounds in history.items()
     }
-    return {
+    data_info = dict(data_info)
+    floors = data_info.pop("floors", None)
+    summary: dict[str, Any] = {
         "version": __version__,
         "config_hash": config_hash(config),
         "data": data_info,
@@ -356,6 +359,11 @@ def _summary(
             "mesh": None if placement is None else dict(placement.mesh.shape),
         },
     }
+    if floors:
+        finals = {method: result["final"]["accuracy"] for method, result in results.items()}
+        summary["floors"] = floors
+        summary["floor_check"] = beaten_floors(floors, finals)
+    return summary
 
 
 def _write_plots(config: Config, run_dir: Path, history: Records) -> None:

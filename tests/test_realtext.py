@@ -1,0 +1,94 @@
+"""Real-text modelling: accuracy floors in the run summary, representations, validation split."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mars_jax.data.floor_report import beaten_floors
+from mars_jax.runner.cli import main
+
+_spec = importlib.util.spec_from_file_location(
+    "tiny_bert", Path(__file__).with_name("test_bert.py")
+)
+tiny_bert = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny_bert)
+
+
+def write_length_pairs(path: Path, num_prompts: int = 30) -> None:
+    """Pairs whose chosen response is always longer (8 words against 3): length floor 1."""
+    rng = np.random.default_rng(1)
+    words = lambda n, lo, hi: " ".join(f"w{int(i)}" for i in rng.integers(lo, hi, n))  # noqa: E731
+    lines = []
+    for _ in range(num_prompts):
+        prompt = words(6, 0, 90)
+        for _ in range(2):
+            lines.append(
+                {"prompt": prompt, "chosen": words(8, 0, 45), "rejected": words(3, 45, 90)}
+            )
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("realtext")
+    tiny_bert.write_tiny_bert(root / "bert")
+    write_length_pairs(root / "pairs.jsonl")
+    overrides = [
+        "data.suite=pairs",
+        f"data.paths=['{root / 'pairs.jsonl'}']",
+        f"data.encoder={root / 'bert'}",
+        f"data.cache_dir={root / 'cache'}",
+        "data.num_base_pairs=40",
+        "data.num_heldout_pairs=20",
+        "data.heldout_fraction=0.3",
+        "data.paraphrases=2",
+        "data.max_length=32",
+        "model.hidden_sizes=[8]",
+        "train.batch_size=16",
+        "refine.budget=20",
+        "refine.rounds=1",
+        "refine.methods=['none']",
+        "eval.num_bootstrap=0",
+        "output.progress=false",
+        "output.plots=false",
+    ]
+    return root, overrides
+
+
+def test_floors_in_the_run_summary_and_table(setup, capsys):
+    root, overrides = setup
+    out = root / "run-floors"
+    assert main(["run", *overrides, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    floors = summary["floors"]
+    assert floors["length"]["accuracy"] == 1.0 and floors["length"]["tie_rate"] == 0.0
+    assert floors["length"]["num_pairs"] == summary["data"]["num_heldout_pairs"]
+    probe = floors["linear_probe"]
+    assert 0.0 <= probe["accuracy"] <= 1.0 and probe["num_pairs"] == floors["length"]["num_pairs"]
+    check = summary["floor_check"]
+    assert check["highest_floor"] == "length" and check["methods_above_all_floors"] == []
+    printed = capsys.readouterr().out
+    assert "floor: length" in printed and "floor: linear_probe" in printed
+    assert "warning: no method beats the length floor" in printed
+
+
+def test_synthetic_runs_record_the_probe_floor(tmp_path):
+    out = tmp_path / "run"
+    overrides = ["refine.methods=['none']", "refine.rounds=1", "output.plots=false"]
+    assert main(["run", "configs/tiny.toml", *overrides, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["floors"]) == {"linear_probe"}
+    assert summary["floors"]["linear_probe"]["num_pairs"] == 200
+
+
+def test_floor_check_warns_only_when_no_method_beats_every_floor():
+    floors = {"length": {"accuracy": 0.65}, "linear_probe": {"accuracy": 0.58}}
+    check = beaten_floors(floors, {"none": 0.66, "mars": 0.64})
+    assert check == {"highest_floor": "length", "methods_above_all_floors": ["none"]}
+    check = beaten_floors(floors, {"none": 0.60})
+    assert "no method beats the length floor (0.6500)" in check["warning"]
