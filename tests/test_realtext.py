@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from mars_jax.data.floor_report import beaten_floors
+from mars_jax.data.text import represent
 from mars_jax.runner.cli import main
+from mars_jax.runner.config import load_config
+from mars_jax.runner.data import build_data
 
 _spec = importlib.util.spec_from_file_location(
     "tiny_bert", Path(__file__).with_name("test_bert.py")
@@ -92,3 +95,39 @@ def test_floor_check_warns_only_when_no_method_beats_every_floor():
     assert check == {"highest_floor": "length", "methods_above_all_floors": ["none"]}
     check = beaten_floors(floors, {"none": 0.60})
     assert "no method beats the length floor (0.6500)" in check["warning"]
+
+
+@pytest.mark.parametrize(
+    ("representation", "dim"), [("joined", 32), ("response", 32), ("pair", 64)]
+)
+def test_each_representation_feature_shape(setup, representation, dim):
+    _, overrides = setup
+    config = load_config(None, [*overrides, f"data.representation={representation}"])
+    data, info = build_data(config)
+    assert data.base.chosen.shape == (40, dim) and data.heldout.rejected.shape[1] == dim
+    assert data.pool.chosen.shape[1] == dim and info["feature_dim"] == dim
+    assert info["representation"] == representation
+
+
+def test_represent_pair_combines_prompt_and_response():
+    table = {"p": np.array([3.0, 4.0]), "r": np.array([1.0, 0.0]), "s": np.array([0.0, 2.0])}
+    embed = lambda texts: np.stack([table[t] for t in texts])  # noqa: E731
+    features = represent("pair", ["p", "p"], ["r", "s"], embed, "[SEP]")
+    root2 = np.sqrt(2.0)
+    np.testing.assert_allclose(features, [[1, 0, 0.6 * root2, 0], [0, 1, 0, 0.8 * root2]])
+    assert represent("response", ["p"], ["r"], embed, "[SEP]").shape == (1, 2)
+
+
+def test_difference_standardization_gives_the_pair_difference_unit_scale(setup):
+    _, overrides = setup
+    data, _ = build_data(load_config(None, [*overrides, "data.standardize=difference"]))
+    difference = np.asarray(data.base.chosen) - np.asarray(data.base.rejected)
+    np.testing.assert_allclose(difference.std(axis=0), 1.0, rtol=1e-3)
+
+
+def test_unknown_representation_is_one_config_error_line(setup, tmp_path, capsys):
+    _, overrides = setup
+    argv = ["run", *overrides, "data.representation=bag", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.representation" in err[0] and "joined" in err[0]

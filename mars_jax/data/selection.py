@@ -28,6 +28,8 @@ from mars_jax.errors import MarsError
 from mars_jax.settings import setting
 
 __all__ = [
+    "REPRESENTATIONS",
+    "STANDARDIZE",
     "BaseSelection",
     "TextDataSettings",
     "flip_labels",
@@ -35,6 +37,12 @@ __all__ = [
     "select_base_pairs",
     "selection_info",
 ]
+
+REPRESENTATIONS = ("joined", "response", "pair")
+"""What the frozen encoder reads per response (see :func:`mars_jax.data.text.represent`)."""
+
+STANDARDIZE = ("features", "difference")
+"""How features are scaled (see :class:`mars_jax.data.text.Standardizer`)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,18 @@ class TextDataSettings:
     )
     encoder: str = setting(
         "all-MiniLM-L6-v2", "frozen text encoder: all-MiniLM-L6-v2 or a folder in HF layout"
+    )
+    representation: str = setting(
+        "joined",
+        "what the frozen encoder reads: 'joined' (prompt [SEP] response), 'response' (the "
+        "response alone) or 'pair' (prompt and response apart, features [r, p*r])",
+        choices=REPRESENTATIONS,
+    )
+    standardize: str = setting(
+        "features",
+        "feature scaling fit on the base pairs: 'features' (spread of all responses) or "
+        "'difference' (spread of chosen - rejected)",
+        choices=STANDARDIZE,
     )
     pooling: str = setting("mean", "pooling of the encoder's token states", choices=("mean", "cls"))
     max_length: int = setting(128, "tokens per prompt + response (the prompt is cut first)", min=8)
