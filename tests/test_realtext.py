@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mars_jax.data.floor_report import beaten_floors
+from mars_jax.data.selection import TextDataSettings, select_base_pairs
 from mars_jax.data.text import represent
 from mars_jax.runner.cli import main
 from mars_jax.runner.config import load_config
 from mars_jax.runner.data import build_data
+from mars_jax.train import Trainer
+from mars_jax.types import PairBatch
 
 _spec = importlib.util.spec_from_file_location(
     "tiny_bert", Path(__file__).with_name("test_bert.py")
@@ -131,3 +138,86 @@ def test_unknown_representation_is_one_config_error_line(setup, tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.representation" in err[0] and "joined" in err[0]
+
+
+def test_validation_split_shares_no_prompt_with_base_or_heldout_pairs(setup):
+    root, _ = setup
+    settings = TextDataSettings(
+        paths=(str(root / "pairs.jsonl"),),
+        heldout_fraction=0.3,
+        validation_fraction=0.25,
+        num_heldout_pairs=1000,
+    )
+    selection = select_base_pairs(settings)
+    validation, held, base = selection.validation, selection.held, selection.base
+    assert len(validation) > 0 and len(held) > 0 and len(base) > 0
+    assert not set(validation.prompt) & set(held.prompt)
+    assert not set(validation.prompt) & set(base.prompt)
+    assert len(validation) + len(base) == len(selection.train)
+    # The held-out side does not depend on the validation split.
+    plain = select_base_pairs(dataclasses.replace(settings, validation_fraction=0.0))
+    assert plain.held.prompt == held.prompt and plain.validation is None
+
+
+def test_run_with_validation_pairs(setup, tmp_path):
+    _, overrides = setup
+    config = load_config(None, [*overrides, "data.validation_fraction=0.2"])
+    data, info = build_data(config)
+    assert data.validation.chosen.shape == (info["num_validation_pairs"], 32)
+    assert info["num_validation_pairs"] + info["num_base_pairs"] == info["train_side_pairs"]
+    out = tmp_path / "run"
+    argv = [
+        "run",
+        *overrides,
+        "data.validation_fraction=0.2",
+        "train.patience=1",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert json.loads((out / "summary.json").read_text())["data"]["num_validation_pairs"] > 0
+
+
+class _ScriptedTrainer(Trainer):
+    """A trainer whose validation losses are scripted, recording the params they were for."""
+
+    def member_losses(self, params, pairs):
+        _SEEN.append(jax.device_get(params))
+        return np.asarray([_SCRIPT[len(_SEEN) - 1]], np.float32)
+
+
+_SEEN: list = []
+_SCRIPT = [3.0, 2.0, 1.5, 2.5, 4.0, 5.0]
+
+
+def _linear_fit(validation, patience=0, epochs=5):
+    _SEEN.clear()
+    trainer = _ScriptedTrainer(reward_fn=lambda p, x: x @ p, optimizer=optax.sgd(0.1))
+    key = jax.random.key(0)
+    chosen = jax.random.normal(key, (32, 3)) + 1.0
+    pairs = PairBatch(chosen, -chosen, jnp.ones(32))
+    state = trainer.init_members(jnp.zeros((1, 3)))
+    return trainer.fit(
+        state,
+        key,
+        pairs,
+        epochs=epochs,
+        batch_size=8,
+        validation=pairs if validation else None,
+        patience=patience,
+    )
+
+
+def test_best_epoch_is_the_one_with_the_least_validation_loss():
+    state, _ = _linear_fit(validation=True)
+    assert len(_SEEN) == 6  # on entry and after each of 5 epochs
+    np.testing.assert_array_equal(np.asarray(state.params), _SEEN[2])  # loss 1.5: epoch 2
+    assert not np.array_equal(_SEEN[2], _SEEN[5])
+    last, _ = _linear_fit(validation=False)
+    assert not _SEEN and not np.array_equal(np.asarray(last.params), np.asarray(state.params))
+
+
+def test_patience_stops_after_epochs_without_improvement():
+    state, _ = _linear_fit(validation=True, patience=2)
+    assert len(_SEEN) == 5  # entry, epochs 1-4: epochs 3 and 4 did not improve on epoch 2
+    np.testing.assert_array_equal(np.asarray(state.params), _SEEN[2])

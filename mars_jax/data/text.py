@@ -45,7 +45,7 @@ from mars_jax.models.tokenize import pair_text
 from mars_jax.refine import RefineData
 from mars_jax.types import PairBatch, Pool, PyTree, ResponsePairs
 
-__all__ = ["Standardizer", "build_text_data", "directory_pool", "represent"]
+__all__ = ["Standardizer", "build_text_data", "directory_pool", "represent", "with_length"]
 
 
 def directory_pool(
@@ -123,6 +123,12 @@ def represent(
     raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
 
 
+def with_length(vectors: np.ndarray, responses: Sequence[str]) -> np.ndarray:
+    """``vectors`` ``[N, D]`` with one more column: ``log(1 + characters)`` of each response."""
+    lengths = np.log1p([len(response) for response in responses]).astype(vectors.dtype)
+    return np.concatenate([vectors, lengths[:, None]], axis=1)
+
+
 class Standardizer(NamedTuple):
     """Affine map of features fit on the base pairs: ``(x - shift) / scale`` per feature.
 
@@ -178,15 +184,17 @@ def build_text_data(
         cache_stats["misses"] += stats.misses
         return found
 
-    sides = [
-        (part, responses) for part in (base, held) for responses in (part.chosen, part.rejected)
-    ]
+    validation = selection.validation
+    parts = (base, held) if validation is None else (base, held, validation)
+    sides = [(part, responses) for part in parts for responses in (part.chosen, part.rejected)]
     prompts = [prompt for part, _ in sides for prompt in part.prompt]
     responses = [response for _, side in sides for response in side]
     vectors = represent(data.representation, prompts, responses, embed, separator)
+    if data.length_feature:
+        vectors = with_length(vectors, responses)
     num_base, num_held = len(base), len(held)
-    base_chosen, base_rejected, held_chosen, held_rejected = np.split(
-        vectors, np.cumsum([num_base, num_base, num_held])
+    base_chosen, base_rejected, held_chosen, held_rejected, *rest = np.split(
+        vectors, np.cumsum([num_base, num_base, num_held, num_held])
     )
     features = Standardizer.fit(data.standardize, base_chosen, base_rejected)
     found_stats = dict(cache_stats)
@@ -214,6 +222,8 @@ def build_text_data(
         def pool_inputs(prompts: list[str], responses: list[str]) -> jnp.ndarray:
             before = dict(cache_stats)
             found = represent(data.representation, prompts, responses, embed, separator)
+            if data.length_feature:
+                found = with_length(found, responses)
             pool_info["pool_embedding_cache"] = {
                 name: cache_stats[name] - before[name] for name in before
             }
@@ -240,7 +250,10 @@ def build_text_data(
         tuple(np.asarray(a) for a in (*base_pairs[:2], *heldout[:2])),
         base.group,
     )
-    return RefineData(base_pairs, pool, heldout, base_responses), info
+    validation_pairs = None
+    if validation is not None:
+        validation_pairs = pairs(*np.split(rest[0], 2))
+    return RefineData(base_pairs, pool, heldout, base_responses, validation_pairs), info
 
 
 def _response_pairs(

@@ -83,4 +83,10 @@ def build_token_data(data: TextDataSettings) -> tuple[RefineData, dict[str, Any]
         "max_length": data.max_length,
         "base_chosen_at_max_length": float(full.mean()),
     }
-    return RefineData(base=base_pairs, pool=pool, heldout=pairs(selection.held)), info
+    validation = None if selection.validation is None else pairs(selection.validation)
+    return (
+        RefineData(
+            base=base_pairs, pool=pool, heldout=pairs(selection.held), validation=validation
+        ),
+        info,
+    )

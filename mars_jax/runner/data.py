@@ -41,6 +41,8 @@ def build_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
         return build_text_data(text_settings(config), progress=config.output.progress)
     if config.model.finetune_encoder:
         raise ConfigError("model.finetune_encoder: needs data.suite = 'pairs' (text to encode)")
+    if config.data.validation_fraction:
+        raise ConfigError("data.validation_fraction: needs data.suite = 'pairs' (split by prompt)")
     data = config.data
     suite = make_synthetic_suite(
         seed=data.seed,
