@@ -95,13 +95,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["none", "uniform"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--smoke", action="store_true", help="tiny grid on configs/tiny.toml")
+    parser.add_argument("--table", nargs="+", help="print a markdown table of these results")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
     if args.smoke:
         args.seeds = [0]
         overrides = ["refine.rounds=1", "data.num_base_pairs=60", "data.num_heldout_pairs=60"]
         records = run_grid("configs/tiny.toml", overrides, args)
         return 0 if records and "linear_probe" in records[0]["floors"] else 1
     return 0 if run_grid(args.config, args.overrides, args) else 1
+
+
+def table(paths: list[str]) -> str:
+    """A markdown table of the records in ``paths``: one row per setting and method, accuracy
+    in % as mean over seeds (validation, held-out), with the floors."""
+    rows: dict[tuple, dict[str, list[float]]] = {}
+    for path in paths:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            head = "linear" if "model.hidden_sizes=[]" in record["overrides"] else "MLP"
+            for method, result in record["methods"].items():
+                key = (
+                    Path(record["config"]).stem,
+                    record["representation"],
+                    record["standardize"],
+                    "yes" if record["length_feature"] else "no",
+                    head,
+                    record["pool"],
+                    method,
+                )
+                cell = rows.setdefault(key, {"val": [], "held": [], "len": [], "probe": []})
+                cell["val"].append(result["validation"])
+                cell["held"].append(result["heldout"])
+                cell["len"].append(record["floors"].get("length", float("nan")))
+                cell["probe"].append(record["floors"]["linear_probe"])
+    mean = lambda v: f"{100 * sum(v) / len(v):.1f}"  # noqa: E731
+    header = (
+        "| data | representation | standardize | length feature | head | pool | method | seeds "
+        "| validation % | held-out % | length floor % | probe floor % |"
+    )
+    lines = [header, "|" + "---|" * 12]
+    for key, cell in rows.items():
+        lines.append(
+            "| "
+            + " | ".join(
+                [*key, str(len(cell["held"]))]
+                + [mean(cell[name]) for name in ("val", "held", "len", "probe")]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def _bool(text: str) -> bool:

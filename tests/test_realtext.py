@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import load_benchmark
 
 from mars_jax.data.floor_report import beaten_floors
 from mars_jax.data.selection import TextDataSettings, select_base_pairs
@@ -221,3 +222,10 @@ def test_patience_stops_after_epochs_without_improvement():
     state, _ = _linear_fit(validation=True, patience=2)
     assert len(_SEEN) == 5  # entry, epochs 1-4: epochs 3 and 4 did not improve on epoch 2
     np.testing.assert_array_equal(np.asarray(state.params), _SEEN[2])
+
+
+def test_realtext_benchmark_smoke(capsys):
+    benchmark = load_benchmark("realtext")
+    assert benchmark.main(["--smoke"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(record["methods"]) == {"none"} and "linear_probe" in record["floors"]
