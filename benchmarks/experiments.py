@@ -274,6 +274,7 @@ def run_cell(
         "config": config_to_dict(config),
         "config_hash": config_hash(config),
         "data": summary["data"],
+        "floors": summary.get("floors"),
         "methods": {
             method: _method_record(result, [r for r in rounds if r["method"] == method])
             for method, result in summary["methods"].items()

@@ -153,6 +153,30 @@ def paired(
     ]
 
 
+def _floor_rows(cell: dict[int, dict[str, Any]]) -> dict[str, list[float]]:
+    """Each accuracy floor's held-out accuracy per seed (none for runs that predate floors)."""
+    floors: dict[str, list[float]] = {}
+    for record in cell.values():
+        for name, floor in (record.get("floors") or {}).items():
+            floors.setdefault(name, []).append(floor["accuracy"])
+    return floors
+
+
+def _floor_note(cell: dict[int, dict[str, Any]], floors: dict[str, list[float]]) -> list[str]:
+    """One line: the floors were not recorded, or no method's mean beats the highest floor."""
+    if not floors:
+        return ["Accuracy floors were not recorded by these runs (they predate floors).", ""]
+    name, highest = max(((n, sum(v) / len(v)) for n, v in floors.items()), key=lambda t: t[1])
+    means = {m: sum(v) / len(v) for m in _methods(cell) if (v := _values(cell, m, "accuracy"))}
+    if any(mean > highest for mean in means.values()):
+        return []
+    return [
+        f"**Warning:** no method's mean accuracy beats the {name} floor "
+        f"({100 * highest:.2f}%): compare methods with care.",
+        "",
+    ]
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> list[str]:
     align = align or "l" + "r" * (len(header) - 1)
     rule = ["---:" if a == "r" else "---" for a in align]
@@ -249,11 +273,17 @@ class Report:
                         reported,
                     ]
                 )
+            floors = _floor_rows(cell)
+            rows += [
+                [f"floor: {name}", str(len(v)), fmt(t_interval(v), 100)] + 4 * ["-"]
+                for name, v in floors.items()
+            ]
             self.lines += _table(
                 ["method", "seeds", "accuracy %", "ROC-AUC", "SNR", "ECE", "original's accuracy %"],
                 rows,
             )
             self.lines.append("")
+            self.lines += _floor_note(cell, floors)
             if original:
                 self.lines += [
                     f"Original's numbers: {original[0]} (method.md section 5). Its data, model "

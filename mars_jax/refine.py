@@ -141,13 +141,16 @@ class RefineData(NamedTuple):
 
     ``base_responses``, for ranked data (prompts with ``K > 2`` responses), gives the base
     pairs again as rows of their distinct responses: scoring them then costs ``K`` reward
-    evaluations per prompt instead of ``K (K - 1)``.
+    evaluations per prompt instead of ``K (K - 1)``. ``validation`` pairs (prompts apart from
+    the base and held-out pairs) choose each training stage's best epoch (see
+    :meth:`Trainer.fit <mars_jax.train.Trainer.fit>`).
     """
 
     base: PairBatch
     pool: Pool
     heldout: PairBatch
     base_responses: ResponsePairs | None = None
+    validation: PairBatch | None = None
 
 
 @dataclass(frozen=True)
@@ -298,7 +301,13 @@ class Refiner:
         if self.fit.warmup_epochs:
             pairs = self._training_set(data, base.weight, jnp.zeros(0, jnp.int32))
             train, _ = self._train(
-                train, warm_key, pairs, self.fit.warmup_epochs, base.weight.shape[0], "warm-up"
+                train,
+                warm_key,
+                pairs,
+                self.fit.warmup_epochs,
+                base.weight.shape[0],
+                "warm-up",
+                data.validation,
             )
         return RoundState(
             train=train,
@@ -346,6 +355,7 @@ class Refiner:
             self.fit.epochs_per_round,
             num_train_pairs,
             f"round {state.round_index + 1}",
+            data.validation,
         )
         clock.lap("train")
 
@@ -529,6 +539,7 @@ class Refiner:
         epochs: int,
         num_pairs: int,
         stage: str,
+        validation: PairBatch | None = None,
     ) -> tuple[TrainState, float]:
         return self.trainer.fit(
             train,
@@ -539,6 +550,8 @@ class Refiner:
             num_pairs=num_pairs,
             placement=self.placement,
             stage=f"method {self.method!r}, {stage}",
+            validation=validation,
+            patience=self.fit.patience,
         )
 
     def _jit(self, name: str, build: Callable[[], Callable]) -> Callable:

@@ -79,6 +79,13 @@ class FitSettings:
         "(0: the first allocation uses the untrained model, as the authors' code)",
         min=0,
     )
+    patience: int = setting(
+        0,
+        "with validation pairs (data.validation_fraction): stop a round after this many "
+        "epochs without a better validation loss (0: run every epoch); the round keeps its "
+        "best state either way",
+        min=0,
+    )
 
 
 class EvalSums(NamedTuple):
@@ -266,11 +273,18 @@ class Trainer:
         num_pairs: int | None = None,
         placement: Placement | None = None,
         stage: str = "training",
+        validation: PairBatch | None = None,
+        patience: int = 0,
     ) -> tuple[TrainState, float]:
         """``epochs`` shuffled passes over the first ``num_pairs`` rows of ``pairs``.
 
         Each member of the member-stacked ``state`` gets its own shuffle. The schedule's
         counters restart (``step = 0``, ``num_steps`` = the steps of all epochs).
+
+        With ``validation`` pairs, the loss on them is measured for each member on entry and
+        after every epoch, and each member ends in its state of least validation loss (the
+        entry state included, so a stage that only overfits changes nothing); with
+        ``patience > 0`` training stops once no member improved for ``patience`` epochs.
 
         Args:
           state: member-stacked state (leading axis ``M``).
@@ -281,6 +295,8 @@ class Trainer:
           num_pairs: rows of ``pairs`` to train on (default: all).
           placement: shard the batches over its mesh (None: the default device).
           stage: names the stage in a non-finite error, e.g. "round 3".
+          validation: pairs to choose the best epoch on (None: the last epoch's state).
+          patience: epochs without improvement before stopping early (0: never).
 
         Returns:
           ``(state, mean training loss)``.
@@ -307,6 +323,12 @@ class Trainer:
         loss_sum = jnp.zeros(())
         finite = jnp.asarray(True)
         chunk_stats = []
+        best = None
+        if validation is not None:
+            if placement is not None:
+                validation = placement.put_replicated(validation)
+            best = _BestState(self.member_losses(state.params, validation), state)
+        epochs_run = 0
         for epoch_key in jax.random.split(key, epochs):
             rows, mask = _epoch_rows(
                 epoch_key, num_pairs, num_members, batch_size, num_chunks * chunk
@@ -323,6 +345,11 @@ class Trainer:
                 loss_sum = loss_sum + jnp.sum(stats.loss)
                 finite = finite & all_finite(stats)
                 chunk_stats.append(stats)
+            epochs_run += 1
+            if best is not None:
+                best = best.update(self.member_losses(state.params, validation), state)
+                if patience and best.stale >= patience:
+                    break
         if not bool(finite):
             raise _non_finite_error(
                 stage,
@@ -332,7 +359,22 @@ class Trainer:
                 steps_per_epoch=steps_per_epoch,
                 total=steps_per_epoch * epochs,
             )
-        return state, float(loss_sum) / max(steps_per_epoch * epochs * num_members, 1)
+        if best is not None:
+            state = best.state(like=state, placement=placement)
+        return state, float(loss_sum) / max(steps_per_epoch * epochs_run * num_members, 1)
+
+    def member_losses(self, params: PyTree, pairs: PairBatch) -> np.ndarray:
+        """Mean pairwise loss ``[M]`` of every member on ``pairs`` (member-stacked params)."""
+        losses = self._jit(
+            "member_losses",
+            lambda: jax.jit(
+                jax.vmap(
+                    lambda p, b: pairwise_loss(p, b, reward_fn=self.reward_fn, loss=self.loss)[0],
+                    in_axes=(0, None),
+                )
+            ),
+        )
+        return np.asarray(losses(params, pairs))
 
     def eval_step(self, params: PyTree, batch: PairBatch) -> EvalSums:
         """Loss and accuracy of one model on a batch, as weighted sums plus a count.
@@ -384,6 +426,36 @@ class Trainer:
         if name not in self._compiled:
             self._compiled[name] = build()
         return self._compiled[name]
+
+
+class _BestState:
+    """Each member's state of least validation loss so far, kept on the host (the training
+    loop donates its state's buffers), and the epochs since any member last improved."""
+
+    def __init__(self, losses: np.ndarray, state: TrainState) -> None:
+        self.losses = losses
+        self.host = jax.device_get(state)
+        self.stale = 0
+
+    def update(self, losses: np.ndarray, state: TrainState) -> _BestState:
+        better = losses < self.losses
+        if better.any():
+            new = jax.device_get(state)
+            self.host = jax.tree.map(
+                lambda n, o: np.where(better.reshape((-1,) + (1,) * (np.ndim(n) - 1)), n, o),
+                new,
+                self.host,
+            )
+            self.losses = np.where(better, losses, self.losses)
+            self.stale = 0
+        else:
+            self.stale += 1
+        return self
+
+    def state(self, *, like: TrainState, placement: Placement | None) -> TrainState:
+        """The best state as device arrays (laid out like ``like`` under ``placement``)."""
+        state = jax.tree.map(lambda h, a: jnp.asarray(h, a.dtype), self.host, like)
+        return state if placement is None else placement.put_params(state)
 
 
 def _all_finite(stats: StepStats) -> jax.Array:

@@ -28,6 +28,8 @@ from mars_jax.errors import MarsError
 from mars_jax.settings import setting
 
 __all__ = [
+    "REPRESENTATIONS",
+    "STANDARDIZE",
     "BaseSelection",
     "TextDataSettings",
     "flip_labels",
@@ -35,6 +37,12 @@ __all__ = [
     "select_base_pairs",
     "selection_info",
 ]
+
+REPRESENTATIONS = ("joined", "response", "pair")
+"""What the frozen encoder reads per response (see :func:`mars_jax.data.text.represent`)."""
+
+STANDARDIZE = ("features", "difference")
+"""How features are scaled (see :class:`mars_jax.data.text.Standardizer`)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,21 @@ class TextDataSettings:
     encoder: str = setting(
         "all-MiniLM-L6-v2", "frozen text encoder: all-MiniLM-L6-v2 or a folder in HF layout"
     )
+    representation: str = setting(
+        "joined",
+        "what the frozen encoder reads: 'joined' (prompt [SEP] response), 'response' (the "
+        "response alone) or 'pair' (prompt and response apart, features [r, p*r])",
+        choices=REPRESENTATIONS,
+    )
+    standardize: str = setting(
+        "features",
+        "feature scaling fit on the base pairs: 'features' (spread of all responses) or "
+        "'difference' (spread of chosen - rejected)",
+        choices=STANDARDIZE,
+    )
+    length_feature: bool = setting(
+        False, "append log(1 + characters) of the response to its features"
+    )
     pooling: str = setting("mean", "pooling of the encoder's token states", choices=("mean", "cls"))
     max_length: int = setting(128, "tokens per prompt + response (the prompt is cut first)", min=8)
     embed_batch_size: int = setting(64, "texts per batch of the embedding job", min=1)
@@ -59,6 +82,13 @@ class TextDataSettings:
         "~/.cache/mars_jax/embeddings", "embedding cache, reused across runs", non_empty=True
     )
     seed: int = setting(0, "seed of the data set (independent of the training seed)", min=0)
+    validation_fraction: float = setting(
+        0.0,
+        "share of the training side's pairs held for validation, split by prompt or post "
+        "(never the held-out pairs); chooses each round's best epoch (0: none)",
+        min=0,
+        max=0.5,
+    )
     num_base_pairs: int = setting(1000, "labelled base pairs used for training", min=1)
     num_heldout_pairs: int = setting(2000, "held-out pairs used for evaluation", min=1)
     paraphrases: int = setting(
@@ -95,6 +125,8 @@ class BaseSelection(NamedTuple):
       heldout: the held-out side.
       base: the sampled base pairs (labels as read: before any flips).
       held: the sampled held-out pairs.
+      validation: the validation pairs (prompts of the training side that no base pair
+        has), or None without ``validation_fraction``.
     """
 
     read: ReadResult
@@ -103,6 +135,7 @@ class BaseSelection(NamedTuple):
     heldout: PairTable
     base: PairTable
     held: PairTable
+    validation: PairTable | None = None
 
 
 def flip_labels(table: PairTable, *, rate: float, seed: int) -> tuple[PairTable, np.ndarray]:
@@ -129,14 +162,25 @@ def select_base_pairs(data: TextDataSettings) -> BaseSelection:
     )
     table, cleaning = clean_pairs(read.table)
     train, heldout = split_by_group(table, heldout_fraction=data.heldout_fraction, seed=data.seed)
-    base = sample_pairs(train, max_pairs=data.num_base_pairs, seed=data.seed)
+    validation = None
+    fit_side = train
+    if data.validation_fraction:
+        fit_side, validation = split_by_group(
+            train, heldout_fraction=data.validation_fraction, seed=data.seed + 2
+        )
+        if not len(validation):
+            raise MarsError(
+                f"data.validation_fraction: {data.validation_fraction} of {len(train)} "
+                "training-side pairs gives no validation pairs"
+            )
+    base = sample_pairs(fit_side, max_pairs=data.num_base_pairs, seed=data.seed)
     held = sample_pairs(heldout, max_pairs=data.num_heldout_pairs, seed=data.seed + 1)
     if not len(base) or not len(held):
         raise MarsError(
             f"data.paths: {len(table)} usable pairs give {len(base)} base and {len(held)} "
             "held-out pairs; both must be non-empty (check data.heldout_fraction)"
         )
-    return BaseSelection(read, cleaning, train, heldout, base, held)
+    return BaseSelection(read, cleaning, train, heldout, base, held, validation)
 
 
 def selection_info(
@@ -157,6 +201,7 @@ def selection_info(
         "num_base_pairs": len(selection.base),
         "num_heldout_pairs": len(selection.held),
         "num_flipped": int(flipped.sum()),
+        "num_validation_pairs": 0 if selection.validation is None else len(selection.validation),
     }
 
 

@@ -13,17 +13,20 @@ base pair whose label was flipped is flipped too, since it inherits its base pai
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mars_jax.data.cheap_pools import make_cheap_pool
+from mars_jax.data.floor_report import text_floors
 from mars_jax.data.pool import PoolContents, base_keys
 from mars_jax.data.selection import (
+    REPRESENTATIONS,
+    STANDARDIZE,
     TextDataSettings,
     flip_labels,
     read_pool_option,
@@ -36,26 +39,26 @@ from mars_jax.data.table import (
 from mars_jax.errors import MarsError
 from mars_jax.margins import response_pairs
 from mars_jax.models.embedding_cache import EmbeddingCache, embed_with_cache
-from mars_jax.models.encoder import TextEncoder
+from mars_jax.models.encoder import TextEncoder, l2_normalize
 from mars_jax.models.pretrained import resolve_encoder
 from mars_jax.models.tokenize import pair_text
 from mars_jax.refine import RefineData
 from mars_jax.types import PairBatch, Pool, PyTree, ResponsePairs
 
-__all__ = ["build_text_data", "directory_pool"]
+__all__ = ["Standardizer", "build_text_data", "directory_pool", "represent", "with_length"]
 
 
 def directory_pool(
     contents: PoolContents,
     base: PairTable,
     flipped: np.ndarray,
-    embed: Callable[[list[str]], PyTree],
-    separator: str,
+    inputs: Callable[[list[str], list[str]], PyTree],
 ) -> tuple[Pool, dict[str, Any]]:
     """The pool read from a pool directory for ``base`` (unflipped texts), as model inputs.
 
-    ``embed(texts)`` gives the inputs of ``N`` texts (a pytree with leading axis ``N``):
-    standardised features ``[N, D]``, or token ids for a fine-tuned encoder.
+    ``inputs(prompts, responses)`` gives the model inputs of ``N`` (prompt, response) rows (a
+    pytree with leading axis ``N``): features ``[N, D]``, or token ids for a fine-tuned
+    encoder.
     """
     directory = contents.directory
     keys = base_keys(base.prompt, base.chosen, base.rejected)
@@ -66,17 +69,16 @@ def directory_pool(
             f"data.pool: {directory} has no pool pairs for any of the {len(keys)} base pairs "
             "(was it built for other files or another data selection?)"
         )
-    chosen, rejected = [], []
+    prompts, chosen, rejected = [], [], []
     for pairs, flip in zip(per_base, flipped, strict=True):
         for pair in pairs:
-            good = pair_text(pair.prompt, pair.chosen, separator)
-            bad = pair_text(pair.prompt, pair.rejected, separator)
-            chosen.append(bad if flip else good)
-            rejected.append(good if flip else bad)
-    inputs = embed(chosen + rejected)
+            prompts.append(pair.prompt)
+            chosen.append(pair.rejected if flip else pair.chosen)
+            rejected.append(pair.chosen if flip else pair.rejected)
+    found = inputs(prompts + prompts, chosen + rejected)
     pool = Pool(
-        chosen=jax.tree.map(lambda a: a[: len(chosen)], inputs),
-        rejected=jax.tree.map(lambda a: a[len(chosen) :], inputs),
+        chosen=jax.tree.map(lambda a: a[: len(chosen)], found),
+        rejected=jax.tree.map(lambda a: a[len(chosen) :], found),
         source=jnp.asarray(np.repeat(np.arange(len(keys)), counts), jnp.int32),
         offsets=jnp.asarray(np.concatenate([[0], np.cumsum(counts)]), jnp.int32),
     )
@@ -86,6 +88,73 @@ def directory_pool(
         "base_pairs_with_pool_pairs": int(np.count_nonzero(counts)),
     }
     return pool, info
+
+
+def represent(
+    representation: str,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    embed: Callable[[list[str]], np.ndarray],
+    separator: str,
+) -> np.ndarray:
+    """Frozen features ``[N, D']`` of ``N`` responses to their prompts.
+
+    Args:
+      representation: ``joined`` (``prompt sep response`` encoded as one text, ``D' = D``),
+        ``response`` (the response encoded alone, ``D' = D``) or ``pair`` (prompt and
+        response encoded apart, features ``[r, p * r]`` of the two embeddings scaled to unit
+        length, ``D' = 2 D``: the response, and how it aligns with its prompt).
+      prompts: ``[N]`` prompt texts.
+      responses: ``[N]`` response texts.
+      embed: texts to ``[n, D]`` embeddings (e.g. through the embedding cache).
+      separator: the encoder's separator token (``joined``).
+    """
+    if representation == "joined":
+        return embed([pair_text(p, r, separator) for p, r in zip(prompts, responses, strict=True)])
+    if representation == "response":
+        return embed(list(responses))
+    if representation == "pair":
+        distinct = list(dict.fromkeys(prompts))
+        vectors = embed(list(responses) + distinct)
+        where = {prompt: index for index, prompt in enumerate(distinct)}
+        r = l2_normalize(vectors[: len(responses)])
+        p = l2_normalize(vectors[len(responses) :])[[where[q] for q in prompts]]
+        return np.concatenate([r, p * r * np.sqrt(r.shape[1])], axis=1)
+    raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
+
+
+def with_length(vectors: np.ndarray, responses: Sequence[str]) -> np.ndarray:
+    """``vectors`` ``[N, D]`` with one more column: ``log(1 + characters)`` of each response."""
+    lengths = np.log1p([len(response) for response in responses]).astype(vectors.dtype)
+    return np.concatenate([vectors, lengths[:, None]], axis=1)
+
+
+class Standardizer(NamedTuple):
+    """Affine map of features fit on the base pairs: ``(x - shift) / scale`` per feature.
+
+    ``features`` scales by the spread of all base responses (across prompts); ``difference``
+    scales by the spread of the chosen-minus-rejected differences, so the within-pair
+    difference has unit scale on every feature however small it is next to the prompts'
+    spread (both centre on the base responses' mean).
+    """
+
+    shift: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, kind: str, chosen: np.ndarray, rejected: np.ndarray) -> Standardizer:
+        """Fit on the base pairs' features ``[N, D]`` (chosen, rejected)."""
+        both = np.concatenate([chosen, rejected])
+        if kind == "features":
+            spread = both.std(axis=0)
+        elif kind == "difference":
+            spread = (chosen - rejected).std(axis=0)
+        else:
+            raise ValueError(f"standardize must be one of {STANDARDIZE}, got {kind!r}")
+        return cls(both.mean(axis=0), spread + 1e-6)
+
+    def __call__(self, array: np.ndarray) -> jnp.ndarray:
+        return jnp.asarray((array - self.shift) / self.scale, jnp.float32)
 
 
 def build_text_data(
@@ -104,35 +173,38 @@ def build_text_data(
         truncation_side="left",
     )
     separator = encoder.tokenizer.sep_token
-    texts = [
-        pair_text(prompt, response, separator)
-        for part in (base, held)
-        for responses in (part.chosen, part.rejected)
-        for prompt, response in zip(part.prompt, responses, strict=True)
-    ]
     cache = EmbeddingCache(Path(data.cache_dir).expanduser())
-    vectors, cache_stats = embed_with_cache(
-        encoder,
-        texts,
-        cache,
-        batch_size=data.embed_batch_size,
-        progress=progress,
-    )
-    num_base, num_held = len(base), len(held)
-    base_chosen, base_rejected, held_chosen, held_rejected = np.split(
-        vectors, np.cumsum([num_base, num_base, num_held])
-    )
-    base_features = np.concatenate([base_chosen, base_rejected])
-    mean, std = base_features.mean(axis=0), base_features.std(axis=0) + 1e-6
+    cache_stats = {"hits": 0, "misses": 0}
 
-    def features(array: np.ndarray) -> jnp.ndarray:
-        return jnp.asarray((array - mean) / std, jnp.float32)
+    def embed(texts: list[str]) -> np.ndarray:
+        found, stats = embed_with_cache(
+            encoder, texts, cache, batch_size=data.embed_batch_size, progress=progress
+        )
+        cache_stats["hits"] += stats.hits
+        cache_stats["misses"] += stats.misses
+        return found
+
+    validation = selection.validation
+    parts = (base, held) if validation is None else (base, held, validation)
+    sides = [(part, responses) for part in parts for responses in (part.chosen, part.rejected)]
+    prompts = [prompt for part, _ in sides for prompt in part.prompt]
+    responses = [response for _, side in sides for response in side]
+    vectors = represent(data.representation, prompts, responses, embed, separator)
+    if data.length_feature:
+        vectors = with_length(vectors, responses)
+    num_base, num_held = len(base), len(held)
+    base_chosen, base_rejected, held_chosen, held_rejected, *rest = np.split(
+        vectors, np.cumsum([num_base, num_base, num_held, num_held])
+    )
+    features = Standardizer.fit(data.standardize, base_chosen, base_rejected)
+    found_stats = dict(cache_stats)
 
     def pairs(chosen: np.ndarray, rejected: np.ndarray) -> PairBatch:
         return PairBatch(features(chosen), features(rejected), jnp.ones(len(chosen), jnp.float32))
 
     base_pairs = pairs(base_chosen, base_rejected)
-    base_responses = _response_pairs(texts[: 2 * num_base], base_features, features)
+    keys = [f"{p}\x00{r}" for p, r in zip(prompts, responses, strict=True)][: 2 * num_base]
+    base_responses = _response_pairs(keys, np.concatenate([base_chosen, base_rejected]), features)
     pool_info: dict[str, Any] = {"pool": data.pool}
     if contents is None:
         pool = make_cheap_pool(
@@ -147,31 +219,41 @@ def build_text_data(
         )
     else:
 
-        def embed(texts: list[str]) -> jnp.ndarray:
-            found, stats = embed_with_cache(
-                encoder,
-                texts,
-                cache,
-                batch_size=data.embed_batch_size,
-                progress=progress,
-            )
-            pool_info["pool_embedding_cache"] = {"hits": stats.hits, "misses": stats.misses}
+        def pool_inputs(prompts: list[str], responses: list[str]) -> jnp.ndarray:
+            before = dict(cache_stats)
+            found = represent(data.representation, prompts, responses, embed, separator)
+            if data.length_feature:
+                found = with_length(found, responses)
+            pool_info["pool_embedding_cache"] = {
+                name: cache_stats[name] - before[name] for name in before
+            }
             return features(found)
 
-        pool, found_info = directory_pool(contents, selection.base, flipped, embed, separator)
+        pool, found_info = directory_pool(contents, selection.base, flipped, pool_inputs)
         pool_info |= found_info
     info = {
         **selection_info(data.paths, selection, flipped),
         "num_pool_pairs": int(pool.source.shape[0]),
         **pool_info,
         "encoder": encoder.identity,
-        "embedding_cache": {"hits": cache_stats.hits, "misses": cache_stats.misses},
+        "representation": data.representation,
+        "standardize": data.standardize,
+        "embedding_cache": found_stats,
         "feature_dim": int(vectors.shape[1]),
     }
     if base_responses is not None:
         info["num_base_responses"] = int(base_responses.responses.shape[0])
     heldout = pairs(held_chosen, held_rejected)
-    return RefineData(base_pairs, pool, heldout, base_responses), info
+    info["floors"] = text_floors(
+        held.chosen,
+        held.rejected,
+        tuple(np.asarray(a) for a in (*base_pairs[:2], *heldout[:2])),
+        base.group,
+    )
+    validation_pairs = None
+    if validation is not None:
+        validation_pairs = pairs(*np.split(rest[0], 2))
+    return RefineData(base_pairs, pool, heldout, base_responses, validation_pairs), info
 
 
 def _response_pairs(
@@ -181,7 +263,8 @@ def _response_pairs(
     pairs (ranked data: ``K`` responses per prompt); else None.
 
     Args:
-      texts: ``[2N]`` the pairs' chosen texts, then their rejected texts.
+      texts: ``[2N]`` a key of each pair's chosen response (same key, same response), then
+        of each rejected response.
       vectors: ``[2N, D]`` their embeddings, in the same order.
       features: embeddings to model inputs.
     """

@@ -42,6 +42,11 @@ def build_token_data(data: TextDataSettings) -> tuple[RefineData, dict[str, Any]
             f"data.pool: {data.pool!r} works on frozen features; with "
             "model.finetune_encoder = true it must be a pool directory (mars-jax augment)"
         )
+    if data.representation != "joined":
+        raise MarsError(
+            f"data.representation: {data.representation!r} works on frozen features; with "
+            "model.finetune_encoder = true the encoder reads 'joined' texts"
+        )
     selection = select_base_pairs(data)
     base, flipped = flip_labels(selection.base, rate=data.label_flip_rate, seed=data.seed)
     folder = resolve_encoder(data.encoder)
@@ -63,7 +68,10 @@ def build_token_data(data: TextDataSettings) -> tuple[RefineData, dict[str, Any]
         rejected = jax.tree.map(lambda a: a[len(table) :], inputs)
         return PairBatch(chosen, rejected, jnp.ones(len(table), jnp.float32))
 
-    pool, pool_info = directory_pool(contents, selection.base, flipped, tokens, separator)
+    def pool_inputs(prompts: list[str], responses: list[str]) -> PyTree:
+        return tokens([pair_text(p, r, separator) for p, r in zip(prompts, responses, strict=True)])
+
+    pool, pool_info = directory_pool(contents, selection.base, flipped, pool_inputs)
     base_pairs = pairs(base)
     full = np.asarray(base_pairs.chosen["attention_mask"]).all(axis=1)
     info = {
@@ -75,4 +83,10 @@ def build_token_data(data: TextDataSettings) -> tuple[RefineData, dict[str, Any]
         "max_length": data.max_length,
         "base_chosen_at_max_length": float(full.mean()),
     }
-    return RefineData(base=base_pairs, pool=pool, heldout=pairs(selection.held)), info
+    validation = None if selection.validation is None else pairs(selection.validation)
+    return (
+        RefineData(
+            base=base_pairs, pool=pool, heldout=pairs(selection.held), validation=validation
+        ),
+        info,
+    )

@@ -85,6 +85,9 @@ class RunDisplay:
         self.console.print(summary_table(summary))
         for line in untestable_lines(summary):
             self.console.print(line)
+        warning = summary.get("floor_check", {}).get("warning")
+        if warning:
+            self.console.print(f"[bold yellow]warning:[/] {warning}")
         self.console.print(f"run directory: {run_dir}  ({summary['seconds']:.1f} s)")
 
 
@@ -106,7 +109,8 @@ def round_table(summary: dict[str, Any]) -> Table:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    """Final held-out metrics per method, with the bootstrap accuracy interval."""
+    """Final held-out metrics per method, with the bootstrap accuracy interval, then one row
+    per accuracy floor (the same held-out pairs; see :mod:`mars_jax.data.floor_report`)."""
     table = Table(title="Final held-out metrics")
     columns = ("method", "accuracy", "95% CI", "ROC-AUC", "SNR", "ECE", "synthetic", "TV")
     for column in columns:
@@ -128,6 +132,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
             str(result["budget_spent"]),
             _mean_distance(result),
         )
+    for name, floor in summary.get("floors", {}).items():
+        table.add_row(f"floor: {name}", f"{floor['accuracy']:.4f}", *6 * ["-"])
     table.caption = "TV: mean total-variation distance of the budgets from stratified uniform's"
     return table
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mars_jax.data.cheap_pools import make_cheap_pool
+from mars_jax.data.floor_report import probe_floor_info
 from mars_jax.data.selection import TextDataSettings
 from mars_jax.data.synthetic import SyntheticSuite, make_synthetic_suite, true_reward
 from mars_jax.refine import RefineData
@@ -40,6 +41,8 @@ def build_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
         return build_text_data(text_settings(config), progress=config.output.progress)
     if config.model.finetune_encoder:
         raise ConfigError("model.finetune_encoder: needs data.suite = 'pairs' (text to encode)")
+    if config.data.validation_fraction:
+        raise ConfigError("data.validation_fraction: needs data.suite = 'pairs' (split by prompt)")
     data = config.data
     suite = make_synthetic_suite(
         seed=data.seed,
@@ -66,7 +69,12 @@ def build_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
         pool=pool,
         heldout=pairs(suite.heldout.chosen, suite.heldout.rejected),
     )
-    return refine_data, {"suite": data.suite, "pool": data.pool, **_plain(info)}
+    floors = {
+        "linear_probe": probe_floor_info(
+            *(np.asarray(a) for a in (*refine_data.base[:2], *refine_data.heldout[:2]))
+        )
+    }
+    return refine_data, {"suite": data.suite, "pool": data.pool, **_plain(info), "floors": floors}
 
 
 def _synthetic_pool(config: Config, suite: SyntheticSuite) -> tuple[Pool, dict[str, Any]]:

@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from mars_jax import __version__
 from mars_jax.checkpoint import save_params
 from mars_jax.curvature.report import CurvatureReporter, CurvatureSettings
+from mars_jax.data.floor_report import beaten_floors
 from mars_jax.errors import MarsError
 from mars_jax.evaluation import EvalSettings, Evaluator
 from mars_jax.files import write_json_atomic
@@ -180,6 +181,7 @@ def run_experiment(
     history: Records = {m: start.history.get(m, []) for m in config.refine.methods}
     point = start.checkpoint
     size, lines = (point.metrics_size, point.metrics_lines) if point else (0, 0)
+    validation: dict[str, dict[str, float]] = {}
     try:
         with MetricsLog(run_dir / "metrics.jsonl", size=size, lines=lines) as log:
             for index, (method, refiner) in enumerate(refiners.items()):
@@ -198,12 +200,16 @@ def run_experiment(
                     refiner, state, data, run_dir, log, history[method], save, on_round
                 )
                 _save_model(run_dir / "models" / method, state, refiner, len(history[method]))
+                if data.validation is not None:
+                    validation[method] = refiner.evaluator(
+                        state.train.params, data.validation, jax.random.key(0)
+                    )
     except NonFiniteTrainingError as error:
         last = f"{checkpoints.directory / str(log.lines)}" if log.lines else "none yet"
         raise NonFiniteTrainingError(f"{error} (last checkpoint: {last})") from None
     finally:
         checkpoints.close()
-    summary = _summary(config, data_info, history, finished, placement, started)
+    summary = _summary(config, data_info, history, finished, placement, started, validation)
     write_json_atomic(run_dir / "summary.json", summary)
     _write_plots(config, run_dir, history)
     return summary
@@ -349,8 +355,13 @@ def _summary(
     finished: dict[str, str | None],
     placement: Placement | None,
     started: float,
+    validation: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """``summary.json``: final metrics per method, the data and the platform."""
+    """``summary.json``: final metrics per method, the data and the platform.
+
+    ``validation``: the final model's metrics on the validation pairs, per method (methods
+    finished before a resume have none).
+    """
     results = {
         method: {
             "rounds_run": len(rounds),
@@ -363,7 +374,11 @@ def _summary(
         }
         for method, rounds in history.items()
     }
-    return {
+    for method, metrics in (validation or {}).items():
+        results[method]["validation"] = metrics
+    data_info = dict(data_info)
+    floors = data_info.pop("floors", None)
+    summary: dict[str, Any] = {
         "version": __version__,
         "config_hash": config_hash(config),
         "data": data_info,
@@ -377,6 +392,11 @@ def _summary(
             "mesh": None if placement is None else dict(placement.mesh.shape),
         },
     }
+    if floors:
+        finals = {method: result["final"]["accuracy"] for method, result in results.items()}
+        summary["floors"] = floors
+        summary["floor_check"] = beaten_floors(floors, finals)
+    return summary
 
 
 def _write_plots(config: Config, run_dir: Path, history: Records) -> None:
