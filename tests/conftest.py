@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -9,6 +10,15 @@ from types import ModuleType
 import jax
 import numpy as np
 import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module, so that the suite's memory stays
+    that of one module rather than growing with every module run before it."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

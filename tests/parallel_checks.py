@@ -91,7 +91,7 @@ def round_checks(placement: Placement) -> dict:
     key = jax.random.key(0)
     results = []
     for where in (None, placement):
-        refiner = build_refiners(config, trainer, where)["west_of_n"]
+        refiner = build_refiners(config, trainer, where, methods=("west_of_n",))["west_of_n"]
         state = refiner.init(key, init_members(model, key, 1), data)
         warm_margins = state.base_margins
         state, summary = refiner.run_round(state, data)
