@@ -40,8 +40,8 @@ def disk_error(error: BaseException) -> str | None:
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it into place.
 
-    The temporary name is unique per writer (``.NAME.<8 random characters>.tmp``), so concurrent writers
-    never write into each other's file; a failed write removes it.
+    The temporary name is unique per writer (``.NAME.<8 random characters>.tmp``), so
+    concurrent writers never write into each other's file; a failed write removes it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
