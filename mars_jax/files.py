@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["disk_error", "write_json_atomic"]
+__all__ = ["disk_error", "write_bytes_atomic", "write_json_atomic"]
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 _DISK_MESSAGES = (
@@ -45,13 +45,20 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"), suffix=".tmp")
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, suffix: str = "") -> None:
+    """Write ``data`` to a unique temporary file beside ``path`` (``.NAME.<random><suffix>``),
+    flush it to disk, give it the umask's permissions and rename it into place; a failed
+    write removes the temporary file."""
     descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        dir=path.parent, prefix=f".{path.name}.", suffix=suffix
     )
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o666 & ~_umask())

@@ -24,14 +24,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from mars_jax.errors import MarsError
-from mars_jax.files import write_json_atomic
+from mars_jax.files import write_bytes_atomic, write_json_atomic
 
 __all__ = [
     "MANIFEST_NAME",
@@ -183,24 +182,7 @@ def write_chunk(path: Path, header: Mapping[str, Any], pairs: Iterable[PoolPair]
     lines = [json.dumps({"kind": "chunk", **header}, ensure_ascii=False, sort_keys=True)]
     lines += [json.dumps(pair._asdict(), ensure_ascii=False) for pair in pairs]
     data = gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), mtime=0)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process's file-creation mask (read by setting it and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    write_bytes_atomic(path, data)
 
 
 def _record(path: Path, number: int, value: Any) -> PoolPair:
