@@ -27,10 +27,12 @@ the pool (``data.pool``), belongs in that file, so a new data set or pool is a n
   ``refine.budget`` B), uniform and MARS.
 - ``label_noise``: cell ``noise-10``, the accuracy cell with ``data.label_flip_rate = 0.1``.
 
-- ``sensitivity``: cells ``tau-T`` for the MARS temperature T = 0.1 (the default), 1 and 10,
-  and cell ``v2`` (the revised method's settings: tau 0.5 and 2.5 times the data set's budget,
-  i.e. B = 5,000 where B = 2,000), each with uniform, MARS and signed-margin MARS. Reported in
-  full next to the claims, which are judged at the default settings only.
+- ``sensitivity``: cells ``tau-T`` for a fixed MARS temperature T = 0.1 (the paper's), 1 and
+  10; ``normalized`` (tau 1 on |m| / std(|m|)); ``curriculum`` (a fixed tau moving
+  geometrically from 0.1 in round 1 to 10 in the last); and ``v2`` (the revised method's
+  settings: a fixed tau 0.5 and 2.5 times the data set's budget, i.e. B = 5,000 where
+  B = 2,000), each with uniform, MARS and signed-margin MARS. Reported in full next to the
+  claims, which are judged at the data set's own settings (the default ``target_ess`` mode).
 - ``finetune``: cell ``finetune``, uniform and MARS with the text encoder trained end to end
   with the head (``model.finetune_encoder = true``, :data:`FINETUNE_OVERRIDES`); only for a
   data set of text pairs with a paraphrase pool directory, so it is not in the default list.
@@ -177,15 +179,31 @@ def experiment_cells(
         flip = (f"data.label_flip_rate={LABEL_FLIP_RATE}",)
         return [Cell(experiment, dataset, f"noise-{round(LABEL_FLIP_RATE * 100)}", None, flip)]
     if experiment == "sensitivity":
+        fixed = "refine.temperature_mode=fixed"
         cells = [
             Cell(
-                experiment, dataset, f"tau-{t:g}", SENSITIVITY_METHODS, (f"refine.temperature={t}",)
+                experiment,
+                dataset,
+                f"tau-{t:g}",
+                SENSITIVITY_METHODS,
+                (fixed, f"refine.temperature={t}"),
             )
             for t in TEMPERATURES
         ]
+        normalized = ("refine.temperature_mode=normalized", "refine.temperature=1")
+        curriculum = (
+            fixed,
+            f"refine.temperature={TEMPERATURES[0]}",
+            f"refine.final_temperature={TEMPERATURES[-1]}",
+        )
         budget = round(V2_BUDGET_FACTOR * load_config(config_path).refine.budget)
-        v2 = (f"refine.temperature={V2_TEMPERATURE}", f"refine.budget={budget}")
-        return [*cells, Cell(experiment, dataset, "v2", SENSITIVITY_METHODS, v2)]
+        v2 = (fixed, f"refine.temperature={V2_TEMPERATURE}", f"refine.budget={budget}")
+        return [
+            *cells,
+            Cell(experiment, dataset, "normalized", SENSITIVITY_METHODS, normalized),
+            Cell(experiment, dataset, "curriculum", SENSITIVITY_METHODS, curriculum),
+            Cell(experiment, dataset, "v2", SENSITIVITY_METHODS, v2),
+        ]
     if experiment == "finetune":
         return [Cell(experiment, dataset, "finetune", PAIRED_METHODS, FINETUNE_OVERRIDES)]
     raise MarsError(f"--experiments: unknown experiment {experiment!r}; known: {EXPERIMENTS}")

@@ -24,7 +24,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -39,17 +39,38 @@ BENCH_README = REPO_ROOT / "benchmarks" / "README.md"
 LEVEL = 0.95
 BUDGET_CLAIM = 30
 CURVATURE_CLAIM = 1.3
-METHOD_ORDER = ("none", "uniform", "west_of_n", "mars", "mars_signed", "ensemble", "adaboost")
+METHOD_ORDER = (
+    "none",
+    "uniform",
+    "uniform_global",
+    "west_of_n",
+    "mars",
+    "mars_signed",
+    "ensemble",
+    "adaboost",
+)
 # method.md section 5: held-out pairwise accuracy, uniform augmentation -> MARS.
 ORIGINAL = {
     "synthetic": ("a synthetic preference suite", 0.804, 0.860),
+    "synthetic-noisy": ("a synthetic preference suite", 0.804, 0.860),
+    "stackexchange": ("StackExchange answer ranking", 0.689, 0.741),
     "tldr": ("OpenAI summarization", 0.712, 0.775),
     "tldr-pool": ("OpenAI summarization", 0.712, 0.775),
 }
-ORIGINAL_NOT_RUN = "StackExchange answer ranking, 68.9% -> 74.1%"
+ORIGINAL_NOT_RUN = {"stackexchange": "StackExchange answer ranking, 68.9% -> 74.1%"}
 POOL_NOTE = "representation-level pool, not the SmolLM2 paraphrase pool the issue asks for"
 
 Runs = dict[str, dict[str, dict[str, dict[int, dict[str, Any]]]]]
+
+
+class Claim(NamedTuple):
+    """One claim's verdict on one data set: the measured effect, the verdict and the full text."""
+
+    claim: str
+    dataset: str
+    effect: str
+    verdict: str
+    text: str
 
 
 def load_runs(results: Path) -> Runs:
@@ -218,7 +239,7 @@ class Report:
         self.runs, self.results, self.out = runs, results, out
         self.plots = results / "plots"
         self.lines: list[str] = []
-        self.claims: list[tuple[str, str, str]] = []
+        self.claims: list[Claim] = []
 
     def plot_link(self, path: Path) -> str:
         try:
@@ -337,9 +358,16 @@ class Report:
                     refine = next(iter(cell.values()))["config"]["refine"]
                     base = next(iter(cell.values()))["config"]["data"]["num_base_pairs"]
                     text += (
-                        f" MARS (temperature {refine['temperature']}) gave at most {largest} "
+                        f" MARS ({_temperature_text(refine)}) gave at most {largest} "
                         "synthetic pairs to one base pair in the last round (an even split: "
-                        f"B/N = {refine['budget'] / base:g})."
+                        f"B/N = {refine['budget'] / base:g})"
+                    )
+                    tv = _mean_total_variation(cell, "mars")
+                    text += (
+                        f"; its budgets' total-variation distance from stratified uniform's "
+                        f"averaged {tv:.3f} over rounds and seeds."
+                        if tv is not None
+                        else "."
                     )
                 if claimed is not None:
                     where = _where(100 * claimed, stat, 100)
@@ -347,11 +375,21 @@ class Report:
                         f" The original's gain (+{100 * claimed:.1f} points) is {where} our "
                         "interval."
                     )
-                self.claims.append(("MARS beats uniform augmentation", dataset, text))
+                self.claims.append(
+                    Claim(
+                        "MARS beats uniform augmentation",
+                        dataset,
+                        f"MARS - uniform {fmt(stat, 100)} points",
+                        rule,
+                        text,
+                    )
+                )
                 self.lines += [text, ""]
             self.lines += _allocation_note(cell)
             self._accuracy_plot(dataset, cell)
-        self.lines += [f"Not run here (no data set): {ORIGINAL_NOT_RUN}.", ""]
+        missing = [text for name, text in ORIGINAL_NOT_RUN.items() if name not in datasets]
+        if missing:
+            self.lines += [f"Not run here (no data set): {'; '.join(missing)}.", ""]
 
     def _accuracy_plot(self, dataset: str, cell: dict[int, dict[str, Any]]) -> None:
         methods = _methods(cell)
@@ -437,7 +475,15 @@ class Report:
                                 f"{curvature_rule}. The "
                                 f"original's ratio (~{CURVATURE_CLAIM}) is {where} our interval."
                             )
-                            self.claims.append(("MARS raises the loss curvature", dataset, text))
+                            self.claims.append(
+                                Claim(
+                                    "MARS raises the loss curvature",
+                                    dataset,
+                                    f"top eigenvalue MARS / uniform {fmt(stat, 1, 3)}",
+                                    curvature_rule,
+                                    text,
+                                )
+                            )
             self.lines += _table(
                 [
                     "subset",
@@ -452,7 +498,11 @@ class Report:
                 "lllrrrl",
             )
             self.lines.append("")
-            self.lines += [t for c, d, t in self.claims if c.endswith("curvature") and d == dataset]
+            self.lines += [
+                c.text
+                for c in self.claims
+                if c.claim.endswith("curvature") and c.dataset == dataset
+            ]
             self.lines.append("")
             self._curvature_plot(dataset, records)
 
@@ -567,7 +617,22 @@ class Report:
                 text += (
                     f" At {BUDGET_CLAIM}%: MARS - uniform(100%) = {fmt(diff, 100)} points: {rule}."
                 )
-            self.claims.append((f"MARS needs only {BUDGET_CLAIM}% of the budget", dataset, text))
+            effect, rule_shown = "-", "not measured at 30%"
+            if BUDGET_CLAIM in stats_at:
+                effect = (
+                    f"MARS({BUDGET_CLAIM}%) - uniform(100%) {fmt(stats_at[BUDGET_CLAIM][1], 100)} "
+                    "points"
+                )
+                rule_shown = rule
+            self.claims.append(
+                Claim(
+                    f"MARS needs only {BUDGET_CLAIM}% of the budget",
+                    dataset,
+                    effect,
+                    rule_shown,
+                    text,
+                )
+            )
             self.lines += [text, ""]
             self._budget_plot(dataset, by_percent, target)
 
@@ -634,15 +699,27 @@ class Report:
                         f"Uniform's drop - MARS's drop on `{dataset}`: {fmt(diff, 100)} points "
                         f"over {_seeds(len(drop_mars))}: {rule}."
                     )
-                    self.claims.append(("MARS is more robust to label noise", dataset, text))
+                    self.claims.append(
+                        Claim(
+                            "MARS is more robust to label noise",
+                            dataset,
+                            f"uniform's drop - MARS's drop {fmt(diff, 100)} points",
+                            rule,
+                            text,
+                        )
+                    )
                     self.lines += [text, ""]
 
     def sensitivity(self) -> None:
         self.lines += ["## 6. Sensitivity: MARS temperature and the revised (v2) settings", ""]
         self.lines += [
-            "Every temperature run is shown; the verdicts above use the specification's "
-            "defaults only (tau = 0.1, absolute margin). `v2` is the revised method's setting: "
-            "tau = 0.5 and 2.5 times the data set's budget (B = 5,000 where B = 2,000). "
+            "Every temperature run is shown; the verdicts above use each data set's own "
+            "settings (the default: a temperature solved each round so that the weights' "
+            "effective sample size is half the base pairs). `tau-T` fixes tau = T as the "
+            "paper does (T = 0.1 is the paper's), `normalized` applies tau = 1 to "
+            "|m| / std(|m|), `curriculum` moves a fixed tau from 0.1 to 10 over the rounds. "
+            "`v2` is the revised method's setting: "
+            "a fixed tau = 0.5 and 2.5 times the data set's budget (B = 5,000 where B = 2,000). "
             "Differences are paired per seed, in points; *largest* is the most synthetic "
             "pairs one base pair got from MARS in a last round (any seed), against an even "
             "split of B / N.",
@@ -662,7 +739,7 @@ class Report:
                 rows.append(
                     [
                         f"`{name}`",
-                        f"{config['refine']['temperature']:g}",
+                        _temperature_text(config["refine"]),
                         str(config["refine"]["budget"]),
                         str(len(cell)),
                         fmt(t_interval(_values(cell, "uniform", "accuracy")), 100),
@@ -678,7 +755,7 @@ class Report:
             self.lines += _table(
                 [
                     "cell",
-                    "tau",
+                    "MARS temperature",
                     "B",
                     "seeds",
                     "uniform %",
@@ -703,7 +780,11 @@ class Report:
         datasets = self.runs.get("finetune", {})
         if not datasets:
             self.lines += ["No fine-tune results yet.", ""]
-            self.claims.append(("The text path works with a fine-tuned encoder", "-", "not run."))
+            self.claims.append(
+                Claim(
+                    "The text path works with a fine-tuned encoder", "-", "-", "not run", "not run."
+                )
+            )
         for dataset, cells in sorted(datasets.items()):
             cell = cells.get("finetune", {})
             if not cell:
@@ -751,7 +832,15 @@ class Report:
                 f"held-out accuracy {shown}; intervals {works} chance (50%); MARS - uniform "
                 f"{fmt(t_interval(diff or [math.nan]), 100)} points."
             )
-            self.claims.append(("The text path works with a fine-tuned encoder", dataset, text))
+            self.claims.append(
+                Claim(
+                    "The text path works with a fine-tuned encoder",
+                    dataset,
+                    f"MARS - uniform {fmt(t_interval(diff or [math.nan]), 100)} points",
+                    f"intervals {works} chance",
+                    text,
+                )
+            )
             self.lines += [f"Fine-tuned on `{dataset}`: {text}", ""]
 
     def speed(self) -> None:
@@ -774,8 +863,9 @@ class Report:
         platforms: dict[str, int] = defaultdict(int)
         commands: dict[str, set[str]] = defaultdict(set)
         seconds: dict[str, float] = defaultdict(float)
+        per_dataset: dict[str, list[float]] = defaultdict(list)
         for experiment, datasets in sorted(self.runs.items()):
-            for cells in datasets.values():
+            for dataset, cells in datasets.items():
                 for cell in cells.values():
                     for r in cell.values():
                         p = r["platform"]
@@ -787,8 +877,23 @@ class Report:
                         platforms[key] += 1
                         commands[experiment].add(r["command"])
                         seconds[experiment] += r["seconds"]
+                        per_dataset[dataset].append(r["seconds"])
         self.lines += _table(
             ["machine", "runs"], [[k, str(v)] for k, v in sorted(platforms.items())], "lr"
+        )
+        self.lines += [
+            "",
+            "Wall time of the grid per data set (every experiment, cell and seed; each "
+            "(cell, seed) timed from its data set's build to its last evaluation, so an "
+            "interrupted grid's resumed cells count once):",
+            "",
+        ]
+        self.lines += _table(
+            ["data set", "(cell, seed) runs", "minutes"],
+            [
+                [f"`{name}`", str(len(times)), f"{sum(times) / 60:.1f}"]
+                for name, times in sorted(per_dataset.items())
+            ],
         )
         self.lines += [
             "",
@@ -807,9 +912,44 @@ class Report:
         lines = ["## Claims and verdicts", ""]
         if not self.claims:
             return [*lines, "No results yet.", ""]
-        for claim, dataset, text in self.claims:
-            lines.append(f"- **{claim}** (`{dataset}`): {text}")
+        rows = [
+            [c.claim, f"`{c.dataset}`", c.effect, _short_verdict(c.verdict), self._floor_cell(c)]
+            for c in sorted(self.claims, key=lambda c: (c.claim, c.dataset))
+        ]
+        lines += _table(
+            [
+                "claim",
+                "data set",
+                "effect [95% interval]",
+                "verdict",
+                "MARS accuracy vs its best floor",
+            ],
+            rows,
+            "lllll",
+        )
+        lines += [
+            "",
+            "Effects are paired per seed. The last column is MARS's held-out accuracy in the "
+            "accuracy cell beside the highest floor (length heuristic or linear probe) on the "
+            "same held-out pairs; a floor above MARS means the reward model itself, not the "
+            "allocation, limits what the data set can show. Each verdict in full:",
+            "",
+        ]
+        for claim in self.claims:
+            lines.append(f"- **{claim.claim}** (`{claim.dataset}`): {claim.text}")
         return [*lines, ""]
+
+    def _floor_cell(self, claim: Claim) -> str:
+        """MARS's mean accuracy and the highest floor's on the claim's data set."""
+        cell = self.runs.get("accuracy", {}).get(claim.dataset, {}).get("main", {})
+        mars = _values(cell, "mars", "accuracy") if cell else []
+        if not mars:
+            return "-"
+        floors = _floor_rows(cell)
+        if not floors:
+            return f"{100 * np.mean(mars):.1f}% (floors not recorded)"
+        name, values = max(floors.items(), key=lambda item: np.mean(item[1]))
+        return f"{100 * np.mean(mars):.1f}% vs {name} {100 * np.mean(values):.1f}%"
 
     def render(self) -> str:
         self.accuracy()
@@ -836,6 +976,33 @@ class Report:
             "",
         ]
         return "\n".join(head + self.claims_section() + self.lines).rstrip() + "\n"
+
+
+def _short_verdict(rule: str) -> str:
+    """A verdict without its explanation in parentheses, e.g. ``inconclusive``."""
+    return rule.split(" (")[0]
+
+
+def _temperature_text(refine: dict[str, Any]) -> str:
+    """How MARS's temperature was set, e.g. ``fixed temperature 0.1``."""
+    mode = refine.get("temperature_mode", "fixed")
+    if mode == "target_ess":
+        return f"temperature solved for an effective sample size of {refine['target_ess']:g} N"
+    if mode == "normalized":
+        return f"temperature {refine['temperature']:g} on |m| / std(|m|)"
+    if refine.get("final_temperature"):
+        return f"temperature {refine['temperature']:g} -> {refine['final_temperature']:g}"
+    return f"fixed temperature {refine['temperature']:g}"
+
+
+def _mean_total_variation(cell: dict[int, dict[str, Any]], method: str) -> float | None:
+    """``method``'s total-variation distance from stratified uniform, averaged over rounds and
+    seeds (``None`` for runs that predate the allocation diagnostics)."""
+    rows = [r["methods"][method] for r in cell.values() if method in r["methods"]]
+    steps = [step for row in rows for step in row.get("allocation_per_round") or []]
+    if not rows or not steps:
+        return None
+    return float(np.mean([step["total_variation"] for step in steps]))
 
 
 def _seed_scope(cell: dict[int, dict[str, Any]]) -> str:
@@ -866,9 +1033,14 @@ def _finetune_accuracy(cell: dict[int, dict[str, Any]], method: str) -> tuple[fl
     return (values[0], lower, upper)
 
 
+SENSITIVITY_CELLS = ("normalized", "curriculum", "v2")
+
+
 def _sensitivity_order(name: str) -> tuple[int, float]:
-    """Temperature cells by temperature, then the v2 cell."""
-    return (0, float(name[4:])) if name.startswith("tau-") else (1, 0.0)
+    """Fixed-temperature cells by temperature, then the other modes, then the v2 cell."""
+    if name.startswith("tau-"):
+        return (0, float(name[4:]))
+    return (1, float(SENSITIVITY_CELLS.index(name)) if name in SENSITIVITY_CELLS else math.inf)
 
 
 def _seeds(n: int) -> str:
@@ -929,7 +1101,7 @@ def _allocation_note(cell: dict[int, dict[str, Any]]) -> list[str]:
     refine = next(iter(cell.values()))["config"]["refine"]
     return [
         f"Last-round allocation (B = {refine['budget']} synthetic pairs per round, MARS "
-        f"temperature {refine['temperature']}; synthetic pairs drawn per base pair, over all "
+        f"{_temperature_text(refine)}; synthetic pairs drawn per base pair, over all "
         "seeds): " + "; ".join(parts) + ".",
         "",
     ]

@@ -29,12 +29,13 @@ def test_smoke_grid_writes_raw_json_resumes_and_feeds_the_report(tmp_path):
 
     first = experiments.main(argv)
 
-    # 2 seeds x (accuracy + curvature + 4 budget fractions + label noise + 4 sensitivity) cells.
-    assert len(first["ran"]) == 22 and first["skipped"] == []
+    # 2 seeds x (accuracy + curvature + 4 budget fractions + label noise + 6 sensitivity) cells.
+    assert len(first["ran"]) == 26 and first["skipped"] == []
     main0 = json.loads((results / "accuracy/smoke/main-seed0.json").read_text())
     assert set(main0["methods"]) == {
         "none",
         "uniform",
+        "uniform_global",
         "west_of_n",
         "mars",
         "mars_signed",
@@ -83,7 +84,16 @@ def test_smoke_grid_writes_raw_json_resumes_and_feeds_the_report(tmp_path):
     diff = 100 * np.mean(
         [r["methods"]["mars"]["accuracy"] - r["methods"]["uniform"]["accuracy"] for r in tau[:2]]
     )
-    assert "| `tau-10` | 10 | 120 | 2 |" in text and f"{diff:.2f} [" in text
+    assert "| `tau-10` | fixed temperature 10 | 120 | 2 |" in text and f"{diff:.2f} [" in text
+    curriculum = json.loads((results / "sensitivity/smoke/curriculum-seed0.json").read_text())
+    refine = curriculum["config"]["refine"]
+    assert (refine["temperature_mode"], refine["temperature"], refine["final_temperature"]) == (
+        "fixed",
+        0.1,
+        10.0,
+    )
+    normalized = json.loads((results / "sensitivity/smoke/normalized-seed0.json").read_text())
+    assert normalized["config"]["refine"]["temperature_mode"] == "normalized"
     for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Speed benchmarks"):
         assert heading in text
     for plot in ("accuracy-smoke", "curvature-smoke", "budget-smoke"):
@@ -173,6 +183,13 @@ def test_report_verdicts_follow_the_stated_rules_on_known_numbers(tmp_path):
     assert "| uniform | 3 | 81.00 [78.52, 83.48] |" in text
     assert "| 80.4 |" in text and "| 86.0 |" in text
     assert "| mars - uniform | 2.50 [1.26, 3.74] | 3 / 0 / 0 | above 0 |" in text
+    # The first screen: one row per claim and data set, effect, short verdict, floors.
+    assert (
+        "| MARS beats uniform augmentation | `synthetic` | MARS - uniform 2.50 [1.26, 3.74] "
+        f"points | partly supported | {100 * (0.81 + diff.mean()):.1f}% (floors not recorded) |"
+        in text
+    )
+    assert text.index("| claim | data set |") < text.index("## 1.")
     assert "over 3 seeds: not supported (the opposite holds). The original's ratio" in text
     assert "first reaches uniform's full-budget mean (81.00%) at 30% of the budget" in text
     # Uniform's accuracy is the same at every budget here, so the claim cannot be tested.
