@@ -345,8 +345,7 @@ class Report:
                 stat = t_interval(diff)
                 claimed = original[2] - original[1] if original else None
                 rule = claim_verdict(*stat[1:], 0.0, claimed)
-                if untestable(cell, "mars"):
-                    rule = UNTESTABLE
+                rule = untestable_reason(cell) or rule
                 text = (
                     f"MARS - uniform on `{dataset}`: {fmt(stat, 100)} accuracy points over "
                     f"{_seeds(len(diff))}: {rule}."
@@ -463,10 +462,8 @@ class Report:
                         )
                         if (subset, operator, quantity) == ("train", "hessian", "top_eigenvalue"):
                             where = _where(CURVATURE_CLAIM, stat, 1)
-                            curvature_rule = (
-                                UNTESTABLE
-                                if untestable(cell, "mars")
-                                else claim_verdict(*stat[1:], 1.0, CURVATURE_CLAIM)
+                            curvature_rule = untestable_reason(cell) or claim_verdict(
+                                *stat[1:], 1.0, CURVATURE_CLAIM
                             )
                             text = (
                                 f"Hessian top eigenvalue on the training set, MARS / uniform at "
@@ -690,11 +687,9 @@ class Report:
                 drop_uniform = paired(clean, noisy, "uniform", "uniform")
                 if drop_mars and len(drop_mars) == len(drop_uniform):
                     diff = t_interval(np.subtract(drop_uniform, drop_mars))
-                    rule = (
-                        UNTESTABLE
-                        if untestable(clean, "mars") and untestable(noisy, "mars")
-                        else verdict(*diff[1:])
-                    )
+                    reasons = {untestable_reason(clean), untestable_reason(noisy)}
+                    rule = reasons.pop() if len(reasons) == 1 and None not in reasons else None
+                    rule = rule or verdict(*diff[1:])
                     text = (
                         f"Uniform's drop - MARS's drop on `{dataset}`: {fmt(diff, 100)} points "
                         f"over {_seeds(len(drop_mars))}: {rule}."
@@ -972,7 +967,8 @@ class Report:
             "(older runs varied the training seed only). All verdicts are exploratory: no "
             "correction for multiple comparisons across claims and data sets. A comparison "
             f"whose MARS budgets equalled stratified uniform's in every round is reported as "
-            f"**{UNTESTABLE}**.",
+            f"**{UNTESTABLE}**, and one where MARS and uniform ended every round of every "
+            f"seed with the same reward model as **{UNMOVED}**.",
             "",
         ]
         return "\n".join(head + self.claims_section() + self.lines).rstrip() + "\n"
@@ -1048,6 +1044,34 @@ def _seeds(n: int) -> str:
 
 
 UNTESTABLE = "untestable: MARS's allocation equalled uniform's"
+UNMOVED = "untestable: the rounds did not change the reward model"
+FINAL_METRICS = ("accuracy_per_round", "auc", "snr", "ece")
+
+
+def untestable_reason(cell: dict[int, dict[str, Any]]) -> str | None:
+    """Why comparing MARS with uniform in ``cell`` tests nothing, or ``None``.
+
+    Either MARS's budgets equalled the stratified uniform ones (:func:`untestable`), or the two
+    methods ended with the same reward model in every seed: the same held-out accuracy in every
+    round and the same final ROC-AUC, signal-to-noise and calibration error, to the last bit
+    (what happens when each round's best validation epoch is its starting state, so that the
+    synthetic pairs never reach the model).
+    """
+    if untestable(cell, "mars"):
+        return UNTESTABLE
+    if same_model(cell, "mars", "uniform"):
+        return UNMOVED
+    return None
+
+
+def same_model(cell: dict[int, dict[str, Any]], a: str, b: str) -> bool:
+    """Whether methods ``a`` and ``b`` report identical metrics in every round of every seed."""
+    pairs = [
+        (record["methods"][a], record["methods"][b])
+        for record in cell.values()
+        if a in record["methods"] and b in record["methods"]
+    ]
+    return bool(pairs) and all(x.get(key) == y.get(key) for x, y in pairs for key in FINAL_METRICS)
 
 
 def untestable(cell: dict[int, dict[str, Any]], method: str) -> bool:

@@ -142,6 +142,29 @@ def test_untestable_fires_on_identical_budgets_only():
 
     assert report.untestable(cell(0.0, 0.0), "mars")
     assert not report.untestable(cell(0.0, 0.01), "mars")
+    assert report.untestable_reason(cell(0.0, 0.0)) == report.UNTESTABLE
+
+
+def test_untestable_fires_when_the_rounds_left_both_models_unchanged():
+    report = _report_module()
+
+    def cell(mars_auc):
+        def method(distance, auc):
+            return {
+                "allocation_per_round": [{"total_variation": distance}],
+                "accuracy_per_round": [0.55, 0.55],
+                "auc": auc,
+                "snr": 0.1,
+                "ece": 0.05,
+            }
+
+        methods = {"mars": method(0.4, mars_auc), "uniform": method(0.0, 0.56)}
+        return {seed: {"methods": methods} for seed in (0, 1)}
+
+    # MARS allocated differently (TV 0.4) yet ended with uniform's model in every seed.
+    assert report.untestable_reason(cell(0.56)) == report.UNMOVED
+    # One metric apart: the models differed, so the comparison stands.
+    assert report.untestable_reason(cell(0.5601)) is None
 
 
 def test_informative_regime_reaches_the_run_data():
