@@ -985,7 +985,7 @@ def _temperature_text(refine: dict[str, Any]) -> str:
     if mode == "target_ess":
         return f"temperature solved for an effective sample size of {refine['target_ess']:g} N"
     if mode == "normalized":
-        return f"temperature {refine['temperature']:g} on |m| / std(|m|)"
+        return f"temperature {refine['temperature']:g} on margins / their spread"
     if refine.get("final_temperature"):
         return f"temperature {refine['temperature']:g} -> {refine['final_temperature']:g}"
     return f"fixed temperature {refine['temperature']:g}"
