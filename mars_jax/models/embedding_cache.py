@@ -13,15 +13,33 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from mars_jax.errors import MarsError
 from mars_jax.files import disk_error
-from mars_jax.models.encoder import TextEncoder, l2_normalize
+from mars_jax.models.encoder import l2_normalize
 
-__all__ = ["CacheStats", "EmbeddingCache", "embed_with_cache", "text_key"]
+__all__ = ["CacheStats", "EmbeddingCache", "FrozenBackbone", "embed_with_cache", "text_key"]
+
+
+class FrozenBackbone(Protocol):
+    """What the cache needs of a backbone (:class:`~mars_jax.models.encoder.TextEncoder`,
+    :class:`~mars_jax.models.llm_features.LlamaFeatures`)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def identity(self) -> dict[str, Any]: ...
+
+    @property
+    def cache_key(self) -> str: ...
+
+    def embed_texts(
+        self, texts: Sequence[str], *, batch_size: int, progress: bool
+    ) -> np.ndarray: ...
 
 
 def text_key(text: str) -> str:
@@ -55,6 +73,25 @@ class EmbeddingCache:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self._index: dict[str, dict[str, np.ndarray]] = {}
+
+    def check_meta(self, cache_key: str, meta: Mapping[str, Any]) -> None:
+        """Refuses a cache folder whose ``meta.json`` names another backbone or options.
+
+        Raises:
+          MarsError: ``meta.json`` differs from ``meta`` (or is unreadable).
+        """
+        path = self.folder / cache_key / "meta.json"
+        if not path.is_file():
+            return
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise MarsError(f"{path}: unreadable embedding cache metadata ({err})") from None
+        if found != json.loads(_json_bytes(meta)):
+            raise MarsError(
+                f"{path}: this embedding cache was written by another backbone or options "
+                f"({found}, not {dict(meta)}); delete {path.parent} or set data.cache_dir"
+            )
 
     def get(self, cache_key: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached vectors ``[D]`` among ``keys``, by key."""
@@ -166,7 +203,7 @@ def _publish_chunk(folder: Path, write: Callable[[Any], object]) -> Path:
 
 
 def embed_with_cache(
-    encoder: TextEncoder,
+    encoder: FrozenBackbone,
     texts: Sequence[str],
     cache: EmbeddingCache,
     *,
@@ -177,8 +214,14 @@ def embed_with_cache(
     """Embeddings ``[N, D]`` of ``texts``, embedding only those not yet in ``cache``.
 
     The texts embedded now are appended to the cache as one new chunk. The cache holds
-    unnormalised vectors; ``normalize`` applies to the result only.
+    unnormalised vectors; ``normalize`` applies to the result only. Vectors are filed under
+    the backbone's :attr:`cache_key` (a hash of its identity: model bytes, kind, pooling,
+    length, text format), so two backbones never share entries.
+
+    Raises:
+      MarsError: the cache folder's ``meta.json`` names another backbone.
     """
+    cache.check_meta(encoder.cache_key, encoder.identity)
     keys = [text_key(text) for text in texts]
     found = cache.get(encoder.cache_key, keys)
     missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in found}

@@ -29,6 +29,8 @@ from mars_jax.errors import MarsError
 from mars_jax.models.bert import POOLING_MODES, load_bert, pool
 from mars_jax.models.tokenize import (
     TRUNCATION_SIDES,
+    TextFormat,
+    bert_format,
     bucket_length,
     bucket_lengths,
     load_tokenizer,
@@ -132,6 +134,11 @@ class TextEncoder:
         self.truncation_side = truncation_side
         self._buckets = bucket_lengths(max_length)
         self._forward = jax.jit(partial(_pooled_forward, self.graphdef, pooling))
+
+    @property
+    def text_format(self) -> TextFormat:
+        """The texts this encoder reads per representation (``prompt [SEP] response`` joined)."""
+        return bert_format(self.tokenizer.sep_token)
 
     @property
     def dim(self) -> int:
