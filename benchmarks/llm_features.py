@@ -19,6 +19,7 @@ after and the CPU model are recorded: on a shared machine the numbers move with 
 Usage::
 
     python benchmarks/llm_features.py [--smoke] [--repeats N] [--no-torch] [--json PATH]
+                                      [--model GGUF_OR_FOLDER]
 """
 
 from __future__ import annotations
@@ -253,6 +254,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, help="timed calls per framework and case")
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
     parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument(
+        "--model", type=Path, help="a Llama GGUF file or HF folder (default: packaged SmolLM2)"
+    )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     repeats = args.repeats or sizes["repeats"]
@@ -266,8 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         config, params, model_name = (*tiny_model(), "tiny random Llama")
     else:
-        config, params = load_llama(smollm2_path())
-        model_name = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)"
+        path = args.model or smollm2_path()
+        config, params = load_llama(path)
+        model_name = f"{path.name} (dequantised to float32)"
     params.pop("lm_head", None)
     torch_state = torch_model(config, params) if torch is not None else None
     jax_params = to_device(params)

@@ -111,6 +111,26 @@ def test_cache_is_keyed_by_backbone(tiny, tmp_path, backbone):
         embed_with_cache(backbone, texts, EmbeddingCache(cache.folder), progress=False)
 
 
+def test_interrupted_extraction_resumes_from_the_cache(backbone, tmp_path, monkeypatch):
+    texts = [chat_format().response(f"answer number {i}") for i in range(6)]
+    forward, calls = backbone._forward, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(backbone, "_forward", interrupted)
+    cache = EmbeddingCache(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        embed_with_cache(backbone, texts, cache, batch_size=2, save_every=2, progress=False)
+    monkeypatch.undo()
+    found, stats = embed_with_cache(backbone, texts, EmbeddingCache(tmp_path), progress=False)
+    assert stats == (2, 4)
+    np.testing.assert_allclose(found, backbone.embed_texts(texts, progress=False), atol=1e-6)
+
+
 def test_lora_starts_as_the_frozen_model_and_trains_only_adapters_and_head(backbone):
     texts = [chat_format().joined(p, r) for p, r in TEXTS]
     tokens, pad = left_pad(backbone.tokenize(texts), 48, rows=3)

@@ -38,7 +38,12 @@ class FrozenBackbone(Protocol):
     def cache_key(self) -> str: ...
 
     def embed_texts(
-        self, texts: Sequence[str], *, batch_size: int, progress: bool
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int,
+        progress: bool,
+        on_batch: Callable[[np.ndarray, np.ndarray], None],
     ) -> np.ndarray: ...
 
 
@@ -210,10 +215,12 @@ def embed_with_cache(
     batch_size: int = 64,
     normalize: bool = False,
     progress: bool = True,
+    save_every: int = 256,
 ) -> tuple[np.ndarray, CacheStats]:
     """Embeddings ``[N, D]`` of ``texts``, embedding only those not yet in ``cache``.
 
-    The texts embedded now are appended to the cache as one new chunk. The cache holds
+    The texts embedded now are appended to the cache in chunks of at least ``save_every``
+    texts as they are embedded, so an interrupted job resumes where it stopped. The cache holds
     unnormalised vectors; ``normalize`` applies to the result only. Vectors are filed under
     the backbone's :attr:`cache_key` (a hash of its identity: model bytes, kind, pooling,
     length, text format), so two backbones never share entries.
@@ -226,10 +233,30 @@ def embed_with_cache(
     found = cache.get(encoder.cache_key, keys)
     missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in found}
     if missing:
+        missing_keys = list(missing)
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def save() -> None:
+            rows = np.concatenate([rows for rows, _ in pending])
+            vectors = np.concatenate([vectors for _, vectors in pending])
+            cache.add(
+                encoder.cache_key,
+                [missing_keys[row] for row in rows],
+                vectors,
+                meta=encoder.identity,
+            )
+            pending.clear()
+
+        def on_batch(rows: np.ndarray, vectors: np.ndarray) -> None:
+            pending.append((np.asarray(rows), np.array(vectors, np.float32)))
+            if sum(len(rows) for rows, _ in pending) >= save_every:
+                save()
+
         vectors = encoder.embed_texts(
-            list(missing.values()), batch_size=batch_size, progress=progress
+            list(missing.values()), batch_size=batch_size, progress=progress, on_batch=on_batch
         )
-        cache.add(encoder.cache_key, list(missing), vectors, meta=encoder.identity)
+        if pending:
+            save()
         found |= dict(zip(missing, vectors, strict=True))
     result = np.stack([found[key] for key in keys]) if keys else np.zeros((0, encoder.dim))
     result = result.astype(np.float32)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -183,6 +183,7 @@ class LlamaFeatures:
         batch_size: int = 64,
         normalize: bool = False,
         progress: bool = True,
+        on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> np.ndarray:
         """Last-token features ``[N, D]`` float32 of ``texts``, rows in input order.
 
@@ -191,6 +192,8 @@ class LlamaFeatures:
           batch_size: rows per forward pass.
           normalize: scale each row to unit L2 norm.
           progress: show a progress bar with texts per second.
+          on_batch: called after each batch with its row indices ``[b]`` and unnormalised
+            vectors ``[b, D]`` (the embedding cache saves them as it goes).
         """
         token_ids = self.tokenize(texts)
         vectors = np.zeros((len(token_ids), self.dim), np.float32)
@@ -203,5 +206,7 @@ class LlamaFeatures:
                 tokens, pad = left_pad([token_ids[row] for row in rows], length, rows=num_rows)
                 found = self._forward(self.params, tokens=tokens, pad=pad)
                 vectors[rows] = np.asarray(found)[: len(rows)]
+                if on_batch is not None:
+                    on_batch(rows, vectors[rows])
                 advance(len(rows))
         return l2_normalize(vectors) if normalize else vectors
