@@ -1,14 +1,16 @@
 """Real preference pairs as the refinement loop's data: read, clean, split, embed, augment.
 
 The frozen-encoder path: every response is read as ``prompt [SEP] response`` (truncated from
-the left, so the response survives a long dialogue) and embedded once by a frozen text encoder
-(all-MiniLM-L6-v2 by default), with an on-disk cache reused across runs. The features are
-standardised with the base pairs' statistics. The synthetic pool (``data.pool``) comes from a
-cheap representation-level generator on those features (:mod:`mars_jax.data.cheap_pools`:
-perturbations or mixup, in the same paraphrase scheme as the synthetic suite), or from a
-paraphrase pool directory written by ``mars-jax augment``: its texts are embedded by the same
-encoder (through the same cache) and matched to the base pairs by base key; a pool pair of a
-base pair whose label was flipped is flipped too, since it inherits its base pair's label.
+the left, so the response survives a long dialogue; or as ``data.representation`` says) and
+embedded once by a frozen backbone (all-MiniLM-L6-v2 by default, or an LLM such as SmolLM2
+reading chat turns: :mod:`mars_jax.models.backbone`), with an on-disk cache reused across
+runs. The features are standardised with the base pairs' statistics. The synthetic pool
+(``data.pool``) comes from a cheap representation-level generator on those features
+(:mod:`mars_jax.data.cheap_pools`: perturbations or mixup, in the same paraphrase scheme as
+the synthetic suite), or from a paraphrase pool directory written by ``mars-jax augment``: its
+texts are embedded by the same backbone (through the same cache) and matched to the base
+pairs by base key; a pool pair of a base pair whose label was flipped is flipped too, since
+it inherits its base pair's label.
 """
 
 from __future__ import annotations
