@@ -144,7 +144,7 @@ def torch_model(config: Any, params: dict[str, Any]) -> Any:
     for ours, theirs in names.items():
         for i, array in enumerate(np.asarray(params["layers"][ours])):
             state[f"layers.{i}.{theirs}.weight"] = array.T if array.ndim == 2 else array
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in state.items()}
+    tensors = {name: torch.from_numpy(np.array(a, np.float32)) for name, a in state.items()}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or [name for name in missing if "rotary" not in name]:
         raise RuntimeError(f"torch weights: missing {missing}, unexpected {unexpected}")
