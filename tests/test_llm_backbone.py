@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_realtext import write_length_pairs
 from tiny_llama import TINY, random_hf_weights, train_tokenizer, write_tiny_model
 
 from mars_jax.data.text import represent
@@ -19,6 +20,7 @@ from mars_jax.models.llama import forward, init_cache
 from mars_jax.models.llm_features import LlamaFeatures, chat_format, left_pad
 from mars_jax.models.lora import lora_reward_model, trainable_mask
 from mars_jax.models.pretrained import resolve_backbone
+from mars_jax.runner.cli import main
 
 TEXTS = [
     ("What is the capital of France?", "Paris."),
@@ -192,3 +194,40 @@ def test_gguf_without_the_layer_tensors(tmp_path):
     writer.close()
     with pytest.raises(MarsError, match=r"broken\.gguf: missing tensor blk\.0\.attn_norm\.weight"):
         open_backbone(str(path))
+
+
+def _run_overrides(root, encoder: str) -> list[str]:
+    write_length_pairs(root / "pairs.jsonl")
+    return [
+        "data.suite=pairs",
+        f"data.paths=['{root / 'pairs.jsonl'}']",
+        f"data.encoder={encoder}",
+        f"data.cache_dir={root / 'cache'}",
+        "data.num_base_pairs=40",
+        "data.num_heldout_pairs=20",
+        "data.heldout_fraction=0.3",
+        "data.representation=pair",
+        "data.max_length=32",
+        "model.hidden_sizes=[]",
+        "refine.rounds=1",
+        "refine.methods=['none']",
+        "eval.num_bootstrap=0",
+        "output.progress=false",
+        "output.plots=false",
+    ]
+
+
+def test_a_run_with_the_llm_backbone(tiny, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", *_run_overrides(tmp_path, str(tiny[1])), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["encoder"]["backbone"] == "llama"
+    assert summary["data"]["encoder"]["pooling"] == "last"
+    assert summary["data"]["feature_dim"] == 2 * TINY["hidden_size"]
+
+
+def test_unknown_backbone_is_one_cli_error_line(tmp_path, capsys):
+    argv = ["run", *_run_overrides(tmp_path, "SmolLM3"), "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'SmolLM3' is not a known backbone" in err[0]
