@@ -200,8 +200,10 @@ def test_finetune_reward_model_under_grad_and_jit(folder):
 
 def test_resolve_encoder(folder, tmp_path):
     assert pretrained.resolve_encoder(str(folder)) == folder
-    with pytest.raises(MarsError, match=r"no config\.json"):
+    with pytest.raises(MarsError, match=r"no such model file or folder"):
         pretrained.resolve_encoder(str(tmp_path / "nowhere"))
+    with pytest.raises(MarsError, match=r"no config\.json"):
+        pretrained.resolve_encoder(str(tmp_path))
 
 
 def test_minilm_missing_says_how_to_install(monkeypatch):

@@ -11,8 +11,8 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "library.md"
 EXAMPLES = re.findall(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), flags=re.DOTALL)
 
 
-def test_the_page_has_its_three_examples():
-    assert len(EXAMPLES) == 3
+def test_the_page_has_its_four_examples():
+    assert len(EXAMPLES) == 4
 
 
 def test_the_mars_example_fits_in_30_lines():

@@ -17,6 +17,7 @@ from conftest import load_benchmark
 from mars_jax.data.floor_report import beaten_floors
 from mars_jax.data.selection import TextDataSettings, select_base_pairs
 from mars_jax.data.text import represent
+from mars_jax.models.tokenize import bert_format
 from mars_jax.runner.cli import main
 from mars_jax.runner.config import load_config
 from mars_jax.runner.data import build_data
@@ -120,10 +121,10 @@ def test_each_representation_feature_shape(setup, representation, dim):
 def test_represent_pair_combines_prompt_and_response():
     table = {"p": np.array([3.0, 4.0]), "r": np.array([1.0, 0.0]), "s": np.array([0.0, 2.0])}
     embed = lambda texts: np.stack([table[t] for t in texts])  # noqa: E731
-    features = represent("pair", ["p", "p"], ["r", "s"], embed, "[SEP]")
+    features = represent("pair", ["p", "p"], ["r", "s"], embed, bert_format("[SEP]"))
     root2 = np.sqrt(2.0)
     np.testing.assert_allclose(features, [[1, 0, 0.6 * root2, 0], [0, 1, 0, 0.8 * root2]])
-    assert represent("response", ["p"], ["r"], embed, "[SEP]").shape == (1, 2)
+    assert represent("response", ["p"], ["r"], embed, bert_format("[SEP]")).shape == (1, 2)
 
 
 def test_difference_standardization_gives_the_pair_difference_unit_scale(setup):

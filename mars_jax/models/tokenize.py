@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -20,6 +20,8 @@ from mars_jax.errors import MarsError
 
 __all__ = [
     "TRUNCATION_SIDES",
+    "TextFormat",
+    "bert_format",
     "bucket_length",
     "bucket_lengths",
     "load_tokenizer",
@@ -111,6 +113,24 @@ def pair_text(prompt: str, response: str, separator: str) -> str:
     'Hi? [SEP] Hello.'
     """
     return f"{prompt} {separator} {response}"
+
+
+class TextFormat(NamedTuple):
+    """How a backbone's texts are written: ``joined(prompt, response)``, ``response(response)``
+    and ``prompt(prompt)`` give the text embedded for each representation."""
+
+    joined: Callable[[str, str], str]
+    response: Callable[[str], str]
+    prompt: Callable[[str], str]
+
+
+def bert_format(separator: str) -> TextFormat:
+    """A BERT encoder's texts: ``prompt sep response`` (:func:`pair_text`), or a text alone."""
+    return TextFormat(
+        joined=lambda prompt, response: pair_text(prompt, response, separator),
+        response=lambda response: response,
+        prompt=lambda prompt: prompt,
+    )
 
 
 def tokenize_texts(

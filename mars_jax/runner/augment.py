@@ -40,15 +40,12 @@ def _prompt_limit(settings: AugmentSettings) -> dict[str, int]:
 
 
 def _embedder(config: Config):
-    """``embed(texts) -> [N, D]``: the run's frozen encoder, through the embedding cache."""
+    """``embed(texts) -> [N, D]``: the run's frozen backbone, through the embedding cache."""
+    from mars_jax.models.backbone import open_backbone
     from mars_jax.models.embedding_cache import EmbeddingCache, embed_with_cache
-    from mars_jax.models.encoder import TextEncoder
-    from mars_jax.models.pretrained import resolve_encoder
 
     data = config.data
-    encoder = TextEncoder(
-        resolve_encoder(data.encoder), pooling=data.pooling, max_length=data.max_length
-    )
+    encoder = open_backbone(data.encoder, pooling=data.pooling, max_length=data.max_length)
     cache = EmbeddingCache(Path(data.cache_dir).expanduser())
 
     def embed(texts: Sequence[str]):

@@ -60,13 +60,14 @@ __all__ = ["build_refiners", "build_trainer", "run_experiment"]
 def build_trainer(config: Config, data: RefineData) -> tuple[RewardModel, Trainer]:
     """The reward model for ``data``'s inputs and its trainer."""
     if config.model.finetune_encoder:
+        from mars_jax.models.backbone import backbone_pooling
         from mars_jax.models.finetune import finetune_reward_model
         from mars_jax.models.pretrained import resolve_encoder
 
         model = finetune_reward_model(
             resolve_encoder(config.data.encoder),
             hidden_sizes=config.model.hidden_sizes,
-            pooling=config.data.pooling,
+            pooling=backbone_pooling("bert", config.data.pooling),
             activation=config.model.activation,
         )
     else:
