@@ -1140,7 +1140,9 @@ def pyhessian_products(pyhessian_module: Any, fn: Callable[[], Any]) -> tuple[An
         module.hessian_vector_product = original
 
 
-def measure_accuracy(setup: dict, cfg: dict, peers: dict, *, trace: bool, seed: int) -> dict:
+def measure_accuracy(
+    setup: dict, cfg: dict, peers: dict, *, tasks: tuple[str, ...], seed: int
+) -> dict:
     """Time to a measured accuracy: mars_jax's tolerance estimators against each peer's best.
 
     mars_jax stops on its own error estimate (:func:`mars_jax.curvature.top_eigenvalues`,
@@ -1160,7 +1162,8 @@ def measure_accuracy(setup: dict, cfg: dict, peers: dict, *, trace: bool, seed: 
     params, batch = setup["params"], setup["batch"]
     hvp = hessian_vector_product(setup["loss_fn"])
     reference = tolerance_reference(setup, tol, seed)
-    trace = trace and reference["trace"] is not None
+    eig = "eigenvalue" in tasks
+    trace = "trace" in tasks and reference["trace"] is not None
     ref_eig, ref_trace = reference["top_eigenvalue"], reference["trace"]
     key = jax.random.key(seed + 100)
 
@@ -1200,7 +1203,8 @@ def measure_accuracy(setup: dict, cfg: dict, peers: dict, *, trace: bool, seed: 
             }
         )
 
-    add_mars("top eigenvalue", eigen, f"top_eigenvalues (Lanczos, rtol {eig_rtol:g})")
+    if eig:
+        add_mars("top eigenvalue", eigen, f"top_eigenvalues (Lanczos, rtol {eig_rtol:g})")
     if trace:
         add_mars("trace", trace_fn, f"trace_to_tolerance (Hutchinson, rtol {trace_rtol:g})")
 
@@ -1210,7 +1214,7 @@ def measure_accuracy(setup: dict, cfg: dict, peers: dict, *, trace: bool, seed: 
         for name in ("pyhessian", "hessian-eigenthings")
     }
     if status["pyhessian"] == "ok" or status["hessian-eigenthings"] == "ok":
-        entries += peer_accuracy_entries(setup, cfg, peers, status, reference, trace, seed)
+        entries += peer_accuracy_entries(setup, cfg, peers, status, reference, eig, trace, seed)
 
     fns = {str(index): e["fn"] for index, e in enumerate(entries) if e["fn"] is not None}
     note(f"timing {len(fns)} methods, {tol['peer_repeats']} interleaved rounds")
@@ -1249,7 +1253,14 @@ def measure_accuracy(setup: dict, cfg: dict, peers: dict, *, trace: bool, seed: 
 
 
 def peer_accuracy_entries(
-    setup: dict, cfg: dict, peers: dict, status: dict, reference: dict, trace: bool, seed: int
+    setup: dict,
+    cfg: dict,
+    peers: dict,
+    status: dict,
+    reference: dict,
+    eig: bool,
+    trace: bool,
+    seed: int,
 ) -> list[dict]:
     """The peers' timed entries for :func:`measure_accuracy` (see there)."""
     torch = peers["torch"]
@@ -1314,29 +1325,30 @@ def peer_accuracy_entries(
                 model.zero_grad(set_to_none=True)
                 return float(values[0])
 
-            note("pyhessian: power iteration, smallest count reaching the accuracy")
-            found = smallest_count(pyhessian_power, eig_ok, start=8, limit=limit_eig)
-            if found["count"] is None:
-                not_reached("top eigenvalue", "pyhessian", "power iteration", limit_eig)
-            else:
-                n = found["count"]
+            if eig:
+                note("pyhessian: power iteration, smallest count reaching the accuracy")
+                found = smallest_count(pyhessian_power, eig_ok, start=8, limit=limit_eig)
+                if found["count"] is None:
+                    not_reached("top eigenvalue", "pyhessian", "power iteration", limit_eig)
+                else:
+                    n = found["count"]
+                    add(
+                        "top eigenvalue",
+                        "pyhessian",
+                        "power iteration",
+                        "smallest count reaching the accuracy",
+                        lambda n=n: pyhessian_power(n),
+                        n,
+                    )
+                _, used = pyhessian_products(pyhessian, lambda: pyhessian_power(100, 1e-3))
                 add(
                     "top eigenvalue",
                     "pyhessian",
                     "power iteration",
-                    "smallest count reaching the accuracy",
-                    lambda n=n: pyhessian_power(n),
-                    n,
+                    "its default (maxIter=100, tol=1e-3)",
+                    lambda: pyhessian_power(100, 1e-3),
+                    used,
                 )
-            _, used = pyhessian_products(pyhessian, lambda: pyhessian_power(100, 1e-3))
-            add(
-                "top eigenvalue",
-                "pyhessian",
-                "power iteration",
-                "its default (maxIter=100, tol=1e-3)",
-                lambda: pyhessian_power(100, 1e-3),
-                used,
-            )
             if trace:
 
                 def pyhessian_trace(probes: int, tol_: float = float("-inf")) -> list[float]:
@@ -1400,10 +1412,11 @@ def peer_accuracy_entries(
                 result = eigenthings.lanczos(operator, which="LA", seed=seed, **kwargs)
                 return float(result.eigenvalues[0]), result.iterations
 
-            for method, fn, default_stop in (
+            methods = (
                 ("power iteration", power, "its default (max_iter=100, tol=1e-4)"),
                 ("Lanczos (full reorth.)", lanczos, "its default (k=10, max_iter=20)"),
-            ):
+            )
+            for method, fn, default_stop in methods if eig else ():
                 note(f"hessian-eigenthings: {method}, smallest count reaching the accuracy")
                 found = smallest_count(lambda n, fn=fn: fn(n)[0], eig_ok, start=8, limit=limit_eig)
                 if found["count"] is None:
@@ -1639,13 +1652,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, help="timed repetitions, median reported")
     parser.add_argument(
-        "--accuracy-no-trace", action="store_true", help="(5): the top eigenvalue only"
+        "--accuracy-tasks",
+        default="eigenvalue,trace",
+        help="(5): comma-separated subset of eigenvalue,trace (accuracy-large: eigenvalue only)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     quiet.add_argument(parser)
     args = parser.parse_args(argv)
     args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    args.accuracy_tasks = tuple(name.strip() for name in args.accuracy_tasks.split(","))
+    if not set(args.accuracy_tasks) <= {"eigenvalue", "trace"}:
+        parser.error(f"--accuracy-tasks: choose from eigenvalue,trace, got {args.accuracy_tasks}")
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
@@ -1703,11 +1721,13 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy_reports = []
     if "accuracy" in sections:
         accuracy_reports.append(
-            measure_accuracy(mlp, cfg, peers, trace=not args.accuracy_no_trace, seed=args.seed)
+            measure_accuracy(mlp, cfg, peers, tasks=args.accuracy_tasks, seed=args.seed)
         )
         load["after_accuracy"] = os.getloadavg()[0]
     if "accuracy-large" in sections:
-        accuracy_reports.append(measure_accuracy(large, cfg, peers, trace=False, seed=args.seed))
+        accuracy_reports.append(
+            measure_accuracy(large, cfg, peers, tasks=("eigenvalue",), seed=args.seed)
+        )
         load["after_accuracy_large"] = os.getloadavg()[0]
     torch = peers["torch"]
     report = {

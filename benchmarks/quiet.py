@@ -118,10 +118,11 @@ class QuietRun:
         )
 
     def mark(self, table: str) -> str:
-        """``table``, preceded by a LOADED line when the run started on a loaded machine."""
-        if not self.loaded:
-            return table
+        """``table``, preceded by a LOADED line when the run started on a loaded machine or
+        the machine is loaded now (other jobs that started during the run)."""
         now = self._loadavg()[0]
+        if not self.loaded and now <= MAX_LOAD_PER_CORE * self.cores:
+            return table
         return (
             f"**LOADED** (1-minute load average {self.before[0]:.2f} at the start, {now:.2f} "
             f"now, on {self.cores} CPUs; limit {MAX_LOAD_PER_CORE} per core): ratios against "

@@ -30,6 +30,10 @@ def test_quiet_start_is_not_marked():
     assert run.mark("| a |") == "| a |"
     assert run.finish()["loaded"] is False
 
+    loads = iter([(0.9, 0.9, 0.9), (3.0, 1.0, 1.0)])  # quiet start, loaded by the end
+    run = quiet.QuietRun(allow_loaded=False, loadavg=lambda: next(loads), cores=2)
+    assert run.mark("| a |").startswith("**LOADED** (1-minute load average 0.90 at the start, 3.00")
+
 
 def test_cpu_model_reads_the_first_model_name(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
