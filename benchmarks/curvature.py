@@ -47,6 +47,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -55,9 +56,11 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quiet  # benchmarks/quiet.py: the quiet-machine protocol
+
 HVP_TARGET = 1.6
 SPEEDUP_TARGET = 2.0
-PAUSE_S = 0.2  # seconds between timed calls
 
 MINILM = {
     "layers": 6,
@@ -84,11 +87,15 @@ TOLERANCE: dict[str, Any] = {
     "max_order": 150,  # top_eigenvalues' basis buffer
     "power_max_iters": 3000,
     "max_matvecs": 20_000,  # trace_to_tolerance's budget
+    "min_probes": 20,  # trace_to_tolerance's probes before its standard error is trusted
     "max_sketch": 100,  # the deflated trace's basis buffer
     "block": 8,  # the blocked variant's probes per vmapped block
     "seeds": 3,  # keys per estimator: matvec counts and errors (load-independent)
     "repeats": 3,  # timed runs on the first key
     "dense_limit": 3000,  # exact eigh/trace reference up to this many parameters
+    "peer_repeats": 5,  # (5) timed rounds, tools interleaved
+    "peer_trace_rtol": 1e-2,  # (5) the trace's accuracy
+    "peer_max_iters": 4000,  # (5) most power iterations / Lanczos steps a peer is given
 }
 FULL: dict[str, Any] = {
     "features": 384,
@@ -105,7 +112,7 @@ FULL: dict[str, Any] = {
     "peer_repeats": 11,
     "large_peer_repeats": 3,
     "compile_repeats": 5,
-    "pause_s": PAUSE_S,
+    "pause_s": quiet.PAUSE_S,
     "reference_order": 150,
     "large_reference_order": 100,
     "reference_probes": 2000,
@@ -132,7 +139,15 @@ SMOKE: dict[str, Any] = {
     "large_reference_order": 100,
     "reference_probes": 200,
     "large_reference_probes": 200,
-    "tolerance": {**TOLERANCE, "seeds": 3, "repeats": 2},
+    # (5): the smoke model's trace needs ~3,700 probes for 1e-2, so its smoke accuracy is 5e-2
+    "tolerance": {
+        **TOLERANCE,
+        "seeds": 3,
+        "repeats": 2,
+        "peer_repeats": 2,
+        "peer_trace_rtol": 5e-2,
+        "peer_max_iters": 1000,
+    },
 }
 ACTIVATION = "tanh"  # same function in torch and JAX (gelu defaults differ: erf vs tanh)
 
@@ -145,22 +160,6 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
-
-
-def interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: int, pause: float = PAUSE_S
-) -> dict[str, list[float]]:
-    """``repeats`` rounds of calling every ``fn`` once in turn; seconds per call.
-
-    A short pause (``pause`` seconds) before each call lets the previous call's worker threads
-    (XLA's pool, torch's OpenMP threads, which spin for a while after their work) go idle.
-    """
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            time.sleep(pause)
-            times[name].append(timed(fn)[0])
-    return times
 
 
 def aot(fn: Callable, *args: Any) -> tuple[Callable, float]:
@@ -422,7 +421,7 @@ def measure_hvp_cost(setup: dict, cfg: dict, products: int, seed: int) -> dict:
     for fn in fns.values():  # warm-up
         fn()
     repeats = cfg["repeats"]
-    times = interleaved(fns, repeats, cfg["pause_s"])
+    times = quiet.interleave(fns, repeats, cfg["pause_s"])
     medians = {name: statistics.median(values) for name, values in times.items()}
     # per-repetition ratios, so a slow moment of the machine hits both sides of one ratio
     hvp_ratios = [h / g for h, g in zip(times["hvp"], times["grad"], strict=True)]
@@ -485,7 +484,7 @@ def measure_lanczos_compile(setup: dict, cfg: dict, seed: int) -> dict:
         for order in orders:
             compiled[order], seconds = aot(make(order), params, batch, init)
             compile_times[order].append(seconds)
-    run_times = interleaved(
+    run_times = quiet.interleave(
         {str(order): blocking(compiled[order], params, batch, init) for order in orders},
         3,
         cfg["pause_s"],
@@ -708,7 +707,7 @@ def measure_peers(setup: dict, cfg: dict, peers: dict, *, large: bool, seed: int
         for name, fn in fns.items():  # warm-up, and the estimates
             out = jax.device_get(fn())
             estimates[name] = out
-        times = interleaved(fns, repeats, cfg["pause_s"])
+        times = quiet.interleave(fns, repeats, cfg["pause_s"])
 
     # ---- references: a long Lanczos run and Hutchinson with many probes
     order = min(cfg["large_reference_order" if large else "reference_order"], setup["num_params"])
@@ -910,7 +909,8 @@ def tolerance_reference(setup: dict, tol: dict, seed: int) -> dict:
 
     params, batch = setup["params"], setup["batch"]
     hvp = hessian_vector_product(setup["loss_fn"])
-    closed_form = mlp_exact_trace(params, batch)
+    # the closed form is for one hidden layer; deeper heads get no trace reference
+    closed_form = mlp_exact_trace(params, batch) if len(params["hidden"]) == 1 else None
     if setup["num_params"] <= tol["dense_limit"]:
         matrix = jax.jit(lambda p, b: materialize(lambda v: hvp(p, b, v), p))(params, batch)
         matrix = np.asarray(matrix, np.float64)
@@ -931,7 +931,9 @@ def tolerance_reference(setup: dict, tol: dict, seed: int) -> dict:
     init = tree_random_like(jax.random.key(seed + 7), params, kind="normal")
     result = jax.device_get(jax.jit(ritz)(params, batch, init))
     return {
-        "kind": f"Lanczos order {order} (top eigenvalue), closed form (trace)",
+        "kind": f"Lanczos order {order} (top eigenvalue), closed form (trace)"
+        if closed_form is not None
+        else f"Lanczos order {order} (top eigenvalue); no exact trace for this depth",
         "top_eigenvalue": float(result.eigenvalues[0]),
         "ritz_residual": float(result.residuals[0]),
         "trace": closed_form,
@@ -1049,7 +1051,7 @@ def measure_tolerance(setup: dict, cfg: dict, seed: int) -> dict:
                 "converged_all": [bool(run["converged"]) for run in runs],
             }
         )
-    times = interleaved(
+    times = quiet.interleave(
         {name: blocking(fn, params, batch, keys[0]) for name, fn in compiled.items()},
         tol["repeats"],
         cfg["pause_s"],
@@ -1067,6 +1069,411 @@ def measure_tolerance(setup: dict, cfg: dict, seed: int) -> dict:
         "reference": reference,
         "rows": rows,
     }
+
+
+# ----------------------------------------------------------------------------- (5) accuracy
+
+
+def note(message: str) -> None:
+    """A progress line on stderr (the tables go to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def smallest_count(
+    run: Callable[[int], float], accurate: Callable[[float], bool], *, start: int, limit: int
+) -> dict:
+    """Smallest iteration count ``n`` with ``accurate(run(n))``: doubling, then bisection.
+
+    The bisection stops once the bracket is within 5% (or 1) of its upper end. Returns
+    ``{"count": n or None (not reached by limit), "tried": {n: estimate}}``.
+    """
+    tried: dict[int, float] = {}
+    low, count = 0, start
+    while True:
+        tried[count] = run(count)
+        note(f"  {count} iterations: {tried[count]:.7g}")
+        if accurate(tried[count]):
+            break
+        if count >= limit:
+            return {"count": None, "tried": tried}
+        low, count = count, min(2 * count, limit)
+    high = count
+    while high - low > max(1, high // 20):
+        middle = (low + high) // 2
+        tried[middle] = run(middle)
+        note(f"  {middle} iterations: {tried[middle]:.7g}")
+        low, high = (low, middle) if accurate(tried[middle]) else (middle, high)
+    return {"count": high, "tried": tried}
+
+
+def sequential_stop(samples: np.ndarray, rtol: float, min_probes: int) -> int | None:
+    """Probes after which a running Hutchinson mean first has ``std_error <= rtol |mean|``.
+
+    The rule of :func:`mars_jax.curvature.trace_to_tolerance` (``ddof = 1``, at least
+    ``min_probes``), checked after every probe; None when ``samples`` never meet it.
+    """
+    count = np.arange(1, samples.size + 1)
+    mean = np.cumsum(samples) / count
+    squares = np.cumsum(samples**2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance = (squares - count * mean**2) / (count - 1)
+        error = np.sqrt(np.maximum(variance, 0.0) / count)
+    met = (count >= min_probes) & (error <= rtol * np.abs(mean))
+    return int(np.argmax(met)) + 1 if met.any() else None
+
+
+def pyhessian_products(pyhessian_module: Any, fn: Callable[[], Any]) -> tuple[Any, int]:
+    """``fn()`` and the Hessian-vector products PyHessian spent in it (counted by a wrapper)."""
+    module = importlib.import_module(f"{pyhessian_module.__name__}.hessian")
+    original = module.hessian_vector_product
+    count = 0
+
+    def counting(*args: Any) -> Any:
+        nonlocal count
+        count += 1
+        return original(*args)
+
+    module.hessian_vector_product = counting
+    try:
+        return fn(), count
+    finally:
+        module.hessian_vector_product = original
+
+
+def measure_accuracy(
+    setup: dict, cfg: dict, peers: dict, *, tasks: tuple[str, ...], seed: int
+) -> dict:
+    """Time to a measured accuracy: mars_jax's tolerance estimators against each peer's best.
+
+    mars_jax stops on its own error estimate (:func:`mars_jax.curvature.top_eigenvalues`,
+    :func:`mars_jax.curvature.trace_to_tolerance`). Each peer method is given the smallest
+    iteration count that reaches the accuracy against the reference (found by
+    :func:`smallest_count` for the top eigenvalue, by the same sequential standard-error rule
+    on the peer's own probes for the trace), which a user could not know in advance; it is
+    then timed at that count, interleaved with mars_jax. Each peer's call with its default
+    tolerance is timed too, with its actual error.
+    """
+    import jax
+
+    from mars_jax.curvature import hessian_vector_product, top_eigenvalues, trace_to_tolerance
+
+    tol = cfg["tolerance"]
+    eig_rtol, trace_rtol, min_probes = tol["eig_rtol"], tol["peer_trace_rtol"], tol["min_probes"]
+    params, batch = setup["params"], setup["batch"]
+    hvp = hessian_vector_product(setup["loss_fn"])
+    reference = tolerance_reference(setup, tol, seed)
+    eig = "eigenvalue" in tasks
+    trace = "trace" in tasks and reference["trace"] is not None
+    ref_eig, ref_trace = reference["top_eigenvalue"], reference["trace"]
+    key = jax.random.key(seed + 100)
+
+    def eigen(params: Any, batch: Any, key: Any) -> tuple:
+        result = top_eigenvalues(
+            lambda v: hvp(params, batch, v), key, params, rtol=eig_rtol, max_order=tol["max_order"]
+        )
+        return result.eigenvalues[0], result.num_matvecs
+
+    def trace_fn(params: Any, batch: Any, key: Any) -> tuple:
+        result = trace_to_tolerance(
+            lambda v: hvp(params, batch, v),
+            key,
+            params,
+            rtol=trace_rtol,
+            max_matvecs=tol["max_matvecs"],
+            min_probes=min_probes,
+        )
+        return result.estimate, result.num_matvecs
+
+    # each entry: (task, tool, method, thunk returning an estimate, products, stopping rule)
+    entries: list[dict] = []
+
+    def add_mars(task: str, fn: Callable, method: str) -> None:
+        compiled, compile_s = aot(fn, params, batch, key)
+        value, count = jax.device_get(compiled(params, batch, key))
+        entries.append(
+            {
+                "task": task,
+                "tool": "mars_jax",
+                "method": method,
+                "stop": "own error estimate",
+                "fn": blocking(compiled, params, batch, key),
+                "products": int(count),
+                "estimate": float(value),
+                "compile_s": compile_s,
+            }
+        )
+
+    if eig:
+        add_mars("top eigenvalue", eigen, f"top_eigenvalues (Lanczos, rtol {eig_rtol:g})")
+    if trace:
+        add_mars("trace", trace_fn, f"trace_to_tolerance (Hutchinson, rtol {trace_rtol:g})")
+
+    torch = peers["torch"]
+    status = {
+        name: peers[name] if isinstance(peers[name], str) else "ok"
+        for name in ("pyhessian", "hessian-eigenthings")
+    }
+    if status["pyhessian"] == "ok" or status["hessian-eigenthings"] == "ok":
+        entries += peer_accuracy_entries(setup, cfg, peers, status, reference, eig, trace, seed)
+
+    fns = {str(index): e["fn"] for index, e in enumerate(entries) if e["fn"] is not None}
+    note(f"timing {len(fns)} methods, {tol['peer_repeats']} interleaved rounds")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: backward(create_graph=True) reference cycle
+        for fn in fns.values():  # warm-up
+            fn()
+        times = quiet.interleave(fns, tol["peer_repeats"], cfg["pause_s"])
+    rows = []
+    for index, entry in enumerate(entries):
+        exact = ref_eig if entry["task"] == "top eigenvalue" else ref_trace
+        row = {k: v for k, v in entry.items() if k != "fn"}
+        row["rel_error"] = rel_diff(entry["estimate"], exact)
+        if str(index) in times:
+            row.update(quiet.summary(times[str(index)]))
+            row["times_s"] = times[str(index)]
+        rows.append(row)
+    for row in rows:
+        mars = next(r for r in rows if r["task"] == row["task"] and r["tool"] == "mars_jax")
+        if row is not mars and "median_s" in row:
+            row["ratio_of_medians"] = row["median_s"] / mars["median_s"]
+            row["ratio_of_minima"] = row["min_s"] / mars["min_s"]
+    return {
+        "model": setup["name"],
+        "num_params": setup["num_params"],
+        "pairs": setup["pairs"],
+        "repeats": tol["peer_repeats"],
+        "eig_rtol": eig_rtol,
+        "trace_rtol": trace_rtol,
+        "min_probes": min_probes,
+        "reference": reference,
+        "peers_status": status,
+        "torch_threads": None if isinstance(torch, str) else torch.get_num_threads(),
+        "rows": rows,
+    }
+
+
+def peer_accuracy_entries(
+    setup: dict,
+    cfg: dict,
+    peers: dict,
+    status: dict,
+    reference: dict,
+    eig: bool,
+    trace: bool,
+    seed: int,
+) -> list[dict]:
+    """The peers' timed entries for :func:`measure_accuracy` (see there)."""
+    torch = peers["torch"]
+    tol = cfg["tolerance"]
+    eig_rtol, trace_rtol, min_probes = tol["eig_rtol"], tol["peer_trace_rtol"], tol["min_probes"]
+    ref_eig = reference["top_eigenvalue"]
+    limit_eig, limit_trace = tol["peer_max_iters"], tol["max_matvecs"]
+    params = setup["params"]
+    torch.manual_seed(seed)
+    model = torch_pair_model(torch, params, cfg["features"])
+    torch_params = [p for p in model.parameters() if p.requires_grad]
+    batch = setup["batch"]
+    pairs_t = torch.from_numpy(np.stack([np.asarray(batch.chosen), np.asarray(batch.rejected)]))
+    targets_t = torch.zeros(setup["pairs"])
+
+    def eig_ok(value: float) -> bool:
+        return abs(value - ref_eig) <= eig_rtol * abs(ref_eig)
+
+    entries: list[dict] = []
+
+    def add(task: str, tool: str, method: str, stop: str, fn: Callable, products: int) -> None:
+        entries.append(
+            {
+                "task": task,
+                "tool": tool,
+                "method": method,
+                "stop": stop,
+                "fn": fn,
+                "products": products,
+                "estimate": float(fn()),
+            }
+        )
+
+    def not_reached(task: str, tool: str, method: str, limit: int) -> None:
+        entries.append(
+            {
+                "task": task,
+                "tool": tool,
+                "method": method,
+                "stop": f"accuracy not reached within {limit:,} products",
+                "fn": None,
+                "products": limit,
+                "estimate": None,
+            }
+        )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if status["pyhessian"] == "ok":
+            pyhessian = peers["pyhessian"]
+
+            def hessian() -> Any:
+                model.zero_grad(set_to_none=True)
+                return pyhessian.hessian(
+                    model, bt_criterion(torch), data=(pairs_t, targets_t), cuda=False
+                )
+
+            def pyhessian_power(iters: int, tol_: float = float("-inf")) -> float:
+                h = hessian()
+                torch.manual_seed(seed)
+                values, _ = h.eigenvalues(maxIter=iters, tol=tol_, top_n=1)
+                model.zero_grad(set_to_none=True)
+                return float(values[0])
+
+            if eig:
+                note("pyhessian: power iteration, smallest count reaching the accuracy")
+                found = smallest_count(pyhessian_power, eig_ok, start=8, limit=limit_eig)
+                if found["count"] is None:
+                    not_reached("top eigenvalue", "pyhessian", "power iteration", limit_eig)
+                else:
+                    n = found["count"]
+                    add(
+                        "top eigenvalue",
+                        "pyhessian",
+                        "power iteration",
+                        "smallest count reaching the accuracy",
+                        lambda n=n: pyhessian_power(n),
+                        n,
+                    )
+                _, used = pyhessian_products(pyhessian, lambda: pyhessian_power(100, 1e-3))
+                add(
+                    "top eigenvalue",
+                    "pyhessian",
+                    "power iteration",
+                    "its default (maxIter=100, tol=1e-3)",
+                    lambda: pyhessian_power(100, 1e-3),
+                    used,
+                )
+            if trace:
+
+                def pyhessian_trace(probes: int, tol_: float = float("-inf")) -> list[float]:
+                    h = hessian()
+                    torch.manual_seed(seed + 4)
+                    samples = h.trace(maxIter=probes, tol=tol_)
+                    model.zero_grad(set_to_none=True)
+                    return samples
+
+                # one stream of probes in chunks (PyHessian draws them from torch's global
+                # generator), until the rule is met: the first n equal trace(maxIter=n)
+                note("pyhessian: Hutchinson probes its standard error needs")
+                h, samples, n = hessian(), [], None
+                torch.manual_seed(seed + 4)
+                while n is None and len(samples) < limit_trace:
+                    samples += h.trace(maxIter=256, tol=float("-inf"))
+                    n = sequential_stop(np.asarray(samples, np.float64), trace_rtol, min_probes)
+                model.zero_grad(set_to_none=True)
+                if n is None:
+                    not_reached("trace", "pyhessian", "Hutchinson", limit_trace)
+                else:
+                    add(
+                        "trace",
+                        "pyhessian",
+                        "Hutchinson",
+                        "probes its standard error needs",
+                        lambda n=n: float(np.mean(pyhessian_trace(n))),
+                        n,
+                    )
+                default = pyhessian_trace(100, 1e-3)
+                add(
+                    "trace",
+                    "pyhessian",
+                    "Hutchinson",
+                    "its default (maxIter=100, tol=1e-3)",
+                    lambda: float(np.mean(pyhessian_trace(100, 1e-3))),
+                    len(default),
+                )
+
+        if status["hessian-eigenthings"] == "ok":
+            eigenthings = peers["hessian-eigenthings"]
+
+            def loss_of_model(module: Any, data: Any) -> Any:
+                return torch.nn.functional.softplus(-module(data)).mean()
+
+            operator = eigenthings.HessianOperator(model, [pairs_t], loss_of_model)
+            torch.manual_seed(seed)
+            start = torch.cat([torch.randn(p.size()).reshape(-1) for p in torch_params])
+
+            def power(iters: int | None) -> tuple[float, int]:
+                kwargs = {} if iters is None else {"max_iter": iters, "tol": 0.0}
+                value, _, _, used, _ = eigenthings.power_iteration_one(
+                    operator, init=start, **kwargs
+                )
+                return float(value), used
+
+            def lanczos(steps: int | None) -> tuple[float, int]:
+                kwargs = {} if steps is None else {"k": 1, "max_iter": steps}
+                if steps is not None:
+                    kwargs["reorthogonalize"] = True
+                result = eigenthings.lanczos(operator, which="LA", seed=seed, **kwargs)
+                return float(result.eigenvalues[0]), result.iterations
+
+            methods = (
+                ("power iteration", power, "its default (max_iter=100, tol=1e-4)"),
+                ("Lanczos (full reorth.)", lanczos, "its default (k=10, max_iter=20)"),
+            )
+            for method, fn, default_stop in methods if eig else ():
+                note(f"hessian-eigenthings: {method}, smallest count reaching the accuracy")
+                found = smallest_count(lambda n, fn=fn: fn(n)[0], eig_ok, start=8, limit=limit_eig)
+                if found["count"] is None:
+                    not_reached("top eigenvalue", "hessian-eigenthings", method, limit_eig)
+                else:
+                    n = found["count"]
+                    add(
+                        "top eigenvalue",
+                        "hessian-eigenthings",
+                        method,
+                        "smallest count reaching the accuracy",
+                        lambda fn=fn, n=n: fn(n)[0],
+                        n,
+                    )
+                add(
+                    "top eigenvalue",
+                    "hessian-eigenthings",
+                    method,
+                    default_stop,
+                    lambda fn=fn: fn(None)[0],
+                    fn(None)[1],
+                )
+            if trace:
+
+                def hutchinson(probes: int | None) -> Any:
+                    kwargs = {} if probes is None else {"num_samples": probes}
+                    return eigenthings.hutchinson(
+                        operator, distribution="rademacher", seed=seed + 5, **kwargs
+                    )
+
+                note("hessian-eigenthings: Hutchinson probes its standard error needs")
+                n = None
+                probes = 1280  # the full model's trace needs about 1,100-1,200
+                while n is None and probes <= limit_trace:
+                    samples = hutchinson(probes).samples.double().numpy()
+                    n = sequential_stop(samples, trace_rtol, min_probes)
+                    probes *= 2
+                if n is None:
+                    not_reached("trace", "hessian-eigenthings", "Hutchinson", limit_trace)
+                else:
+                    add(
+                        "trace",
+                        "hessian-eigenthings",
+                        "Hutchinson",
+                        "probes its standard error needs",
+                        lambda n=n: hutchinson(n).estimate,
+                        n,
+                    )
+                add(
+                    "trace",
+                    "hessian-eigenthings",
+                    "Hutchinson",
+                    "its default (num_samples=100)",
+                    lambda: hutchinson(None).estimate,
+                    100,
+                )
+    return entries
 
 
 # ----------------------------------------------------------------------------- output
@@ -1196,10 +1603,41 @@ def tolerance_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def accuracy_table(report: dict) -> str:
+    ref = report["reference"]
+    trace = "" if ref["trace"] is None else f", trace {ref['trace']:.7g}"
+    lines = [
+        f"{report['model']}, {report['num_params']:,} params, {report['pairs']} pairs; "
+        f"accuracy: top eigenvalue within {report['eig_rtol']:g}, trace within "
+        f"{report['trace_rtol']:g} (relative) of the reference ({ref['kind']}: top eigenvalue "
+        f"{ref['top_eigenvalue']:.7g}{trace}); times: median [min] of {report['repeats']} "
+        "rounds, tools interleaved; ratio = peer time / mars_jax time (medians; minima).\n",
+        "| task | tool | method | stopped by | products | time (ms) median [min] "
+        "| peer / mars_jax (minima) | estimate | actual rel. error | within accuracy |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in report["rows"]:
+        rtol = report["eig_rtol"] if row["task"] == "top eigenvalue" else report["trace_rtol"]
+        timing, ratio = "-", "-"
+        if "median_s" in row:
+            timing = f"{row['median_s'] * 1e3:.0f} [{row['min_s'] * 1e3:.0f}]"
+        if "ratio_of_medians" in row:
+            ratio = f"{row['ratio_of_medians']:.2f} ({row['ratio_of_minima']:.2f})"
+        error = row["rel_error"]
+        within = "-" if error is None else "yes" if error <= rtol else "no"
+        lines.append(
+            f"| {row['task']} | {row['tool']} | {row['method']} | {row['stop']} "
+            f"| {row['products']:,} | {timing} | {ratio} | {fmt(row['estimate'], '.7g')} "
+            f"| {fmt(error, '.1e')} | {within} |"
+        )
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 
 
-SECTIONS = ("hvp", "lanczos", "peers", "peers-large", "tolerance")
+SECTIONS = ("hvp", "lanczos", "peers", "peers-large", "tolerance", "accuracy", "accuracy-large")
+PEER_SECTIONS = {"peers", "peers-large", "accuracy", "accuracy-large"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1213,10 +1651,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "has no large model)",
     )
     parser.add_argument("--repeats", type=int, help="timed repetitions, median reported")
+    parser.add_argument(
+        "--accuracy-tasks",
+        default="eigenvalue,trace",
+        help="(5): comma-separated subset of eigenvalue,trace (accuracy-large: eigenvalue only)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    quiet.add_argument(parser)
     args = parser.parse_args(argv)
     args.sections = [name.strip() for name in args.sections.split(",") if name.strip()]
+    args.accuracy_tasks = tuple(name.strip() for name in args.accuracy_tasks.split(","))
+    if not set(args.accuracy_tasks) <= {"eigenvalue", "trace"}:
+        parser.error(f"--accuracy-tasks: choose from eigenvalue,trace, got {args.accuracy_tasks}")
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
@@ -1224,21 +1671,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark; print markdown tables; return (and optionally save) the numbers."""
+    """Run the benchmark; print markdown tables; return (and optionally save) the numbers.
+
+    Refuses to start on a loaded machine unless ``--allow-loaded`` (or ``--smoke``, whose
+    numbers are not measurements); see ``benchmarks/quiet.py``.
+    """
     args = parse_args(argv)
+    machine = quiet.QuietRun(allow_loaded=args.allow_loaded or args.smoke)
     cfg = dict(SMOKE if args.smoke else FULL)
     if args.repeats:
         cfg["repeats"] = cfg["peer_repeats"] = cfg["large_peer_repeats"] = args.repeats
+        cfg["tolerance"] = {**cfg["tolerance"], "peer_repeats": args.repeats}
     sections = set(args.sections)
     if not cfg["large_hidden"]:
-        sections.discard("peers-large")
-    wants_peers = not args.skip_peers and bool(sections & {"peers", "peers-large"})
+        sections -= {"peers-large", "accuracy-large"}
+    wants_peers = not args.skip_peers and bool(sections & PEER_SECTIONS)
     peers = import_peers(not wants_peers)  # torch before jax; either order works
 
     import jax
 
     load = {"start": os.getloadavg()[0]}
     mlp = mlp_setup(cfg["features"], cfg["hidden"], cfg["pairs"], args.seed)
+    large = None
+    if sections & {"peers-large", "accuracy-large"}:
+        large = mlp_setup(cfg["features"], cfg["large_hidden"], cfg["pairs"], args.seed)
     hvp_rows: list[dict] = []
     if "hvp" in sections:
         encoder = encoder_setup(cfg["encoder"], cfg["encoder_pairs"], args.seed)
@@ -1256,13 +1712,23 @@ def main(argv: list[str] | None = None) -> dict:
         peer_reports.append(measure_peers(mlp, cfg, peers, large=False, seed=args.seed))
         load["after_peers"] = os.getloadavg()[0]
     if "peers-large" in sections:
-        large = mlp_setup(cfg["features"], cfg["large_hidden"], cfg["pairs"], args.seed)
         peer_reports.append(measure_peers(large, cfg, peers, large=True, seed=args.seed))
         load["after_peers_large"] = os.getloadavg()[0]
     tolerance_report = None
     if "tolerance" in sections:
         tolerance_report = measure_tolerance(mlp, cfg, args.seed)
         load["after_tolerance"] = os.getloadavg()[0]
+    accuracy_reports = []
+    if "accuracy" in sections:
+        accuracy_reports.append(
+            measure_accuracy(mlp, cfg, peers, tasks=args.accuracy_tasks, seed=args.seed)
+        )
+        load["after_accuracy"] = os.getloadavg()[0]
+    if "accuracy-large" in sections:
+        accuracy_reports.append(
+            measure_accuracy(large, cfg, peers, tasks=("eigenvalue",), seed=args.seed)
+        )
+        load["after_accuracy_large"] = os.getloadavg()[0]
     torch = peers["torch"]
     report = {
         "mode": "smoke" if args.smoke else "full",
@@ -1284,27 +1750,32 @@ def main(argv: list[str] | None = None) -> dict:
         "lanczos_compile": lanczos_report,
         "peers": peer_reports,
         "tolerance": tolerance_report,
+        "accuracy": accuracy_reports,
     }
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v)
     print(
         f"curvature benchmark ({report['mode']}), {report['backend']} ({report['device']}), "
-        f"{versions}; torch threads {report['torch_threads']}; 1-minute load average "
-        + ", ".join(f"{k} {v:.2f}" for k, v in load.items())
-        + "\n"
+        f"{versions}; torch threads {report['torch_threads']}; {machine.describe()}; "
+        "1-minute load average " + ", ".join(f"{k} {v:.2f}" for k, v in load.items()) + "\n"
     )
     if hvp_rows:
         print("### (1) HVP cost against a gradient\n")
-        print(hvp_table(hvp_rows) + "\n")
+        print(machine.mark(hvp_table(hvp_rows)) + "\n")
     if lanczos_report:
         print("### (2) Lanczos compile time against its order\n")
-        print(lanczos_table(lanczos_report) + "\n")
+        print(machine.mark(lanczos_table(lanczos_report)) + "\n")
     if peer_reports:
         print("### (3) Against PyHessian and hessian-eigenthings\n")
         for peer_report in peer_reports:
-            print(peers_table(peer_report) + "\n")
+            print(machine.mark(peers_table(peer_report)) + "\n")
     if tolerance_report:
         print("### (4) Time to accuracy\n")
-        print(tolerance_table(tolerance_report) + "\n")
+        print(machine.mark(tolerance_table(tolerance_report)) + "\n")
+    if accuracy_reports:
+        print("### (5) Time to a measured accuracy against the peers\n")
+        for accuracy_report in accuracy_reports:
+            print(machine.mark(accuracy_table(accuracy_report)) + "\n")
+    report["machine"] = machine.finish()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report

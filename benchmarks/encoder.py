@@ -21,9 +21,11 @@ Both frameworks load the same weights (all-MiniLM-L6-v2 from ``minilm_path()``):
 
 JAX compiles ahead of time (compile time reported separately); each side then runs one
 warm-up call, and the timed calls are interleaved (JAX, torch, JAX, torch, ...) with a short
-pause before each so the other framework's worker threads go idle; medians are reported, and
-the per-round ratio's range. torch uses ``os.cpu_count()`` intra-op threads, as many as XLA's
-CPU thread pool.
+pause before each so the other framework's worker threads go idle; medians are reported, with
+the per-round ratio's range and the ratio of the minima. The quiet-machine protocol
+(``benchmarks/quiet.py``) refuses a full run started with a 1-minute load average above 0.5 per
+core unless ``--allow-loaded``, which marks the tables LOADED. torch uses
+``os.cpu_count()`` intra-op threads, as many as XLA's CPU thread pool.
 
 ``--smoke`` uses a tiny random BERT written to a temporary folder (batch 4, T = 16, 2 pairs)
 and needs neither the MiniLM weights nor torch; without torch the torch rows read
@@ -32,6 +34,7 @@ and needs neither the MiniLM weights nor torch; without torch the torch rows rea
 Usage::
 
     python benchmarks/encoder.py [--smoke] [--repeats N] [--no-torch] [--json PATH]
+        [--allow-loaded]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,7 +52,9 @@ from typing import Any
 
 import numpy as np
 
-PAUSE_S = 0.2  # seconds before each timed call
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quiet  # benchmarks/quiet.py: the quiet-machine protocol
+
 TARGET = 1.0
 LEARNING_RATE, WEIGHT_DECAY, BETAS, EPS = 2e-5, 0.01, (0.9, 0.999), 1e-8
 FULL = {
@@ -141,22 +147,6 @@ def token_batch(
     return ids, mask
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """``repeats`` rounds calling each ``fn`` once in turn, a pause before each; seconds."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            time.sleep(PAUSE_S)
-            times[name].append(timed(fn))
-    return times
-
-
 def load_torch(enabled: bool) -> tuple[Any, str | None]:
     """``(torch, None)`` or ``(None, reason)``; sets torch's thread count to the CPU count."""
     if not enabled:
@@ -187,10 +177,11 @@ def torch_mean_pool(hidden: Any, mask: Any) -> Any:
 
 
 def ratio_stats(numerators: list[float], denominators: list[float]) -> dict[str, float]:
-    """Ratio of the medians, and the range of the per-round ratios."""
+    """Ratio of the medians, of the minima, and the range of the per-round ratios."""
     per_round = [a / b for a, b in zip(numerators, denominators, strict=True)]
     return {
         "ratio": statistics.median(numerators) / statistics.median(denominators),
+        "ratio_of_minima": min(numerators) / min(denominators),
         "ratio_min": min(per_round),
         "ratio_max": max(per_round),
     }
@@ -245,11 +236,13 @@ def bench_forward(
             row["max_abs_diff"] = float(np.abs(pooled - reference).max())
             row["max_abs_pooled"] = float(np.abs(reference).max())
             fns["torch"] = torch_forward
-        times = interleaved(fns, repeats or default_repeats)
+        times = quiet.interleave(fns, repeats or default_repeats)
         row["jax_s"] = statistics.median(times["jax"])
+        row["jax_min_s"] = min(times["jax"])
         row["jax_seq_per_s"] = batch / row["jax_s"]
         if torch is not None:
             row["torch_s"] = statistics.median(times["torch"])
+            row["torch_min_s"] = min(times["torch"])
             row["torch_seq_per_s"] = batch / row["torch_s"]
             # throughput ratio jax / torch = torch time / jax time
             row |= ratio_stats(times["torch"], times["jax"])
@@ -344,15 +337,17 @@ def bench_finetune(
 
         torch_step()  # warm-up
         fns["torch"] = torch_step
-    times = interleaved(fns, repeats)
+    times = quiet.interleave(fns, repeats)
     result |= {
         "repeats": repeats,
         "jax_s": statistics.median(times["jax"]),
+        "jax_min_s": min(times["jax"]),
         "jax_losses": state["losses"],
     }
     if torch is not None:
         result |= {
             "torch_s": statistics.median(times["torch"]),
+            "torch_min_s": min(times["torch"]),
             "torch_losses": torch_losses,
             "first_loss_diff": abs(state["losses"][0] - torch_losses[0]),
             "last_loss_diff": abs(state["losses"][-1] - torch_losses[-1]),
@@ -370,13 +365,14 @@ def format_tables(report: dict) -> str:
     absent = report["torch_status"]
     lines = [
         "| T | batch | mask | JAX compile (s) | JAX (ms) | torch (ms) | JAX seq/s | torch seq/s "
-        "| JAX / torch throughput [per-round range] | ≥ 1.0 | max abs diff (pooled) |",
+        "| JAX / torch throughput [per-round range] (of minima) | ≥ 1.0 | max abs diff (pooled) |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for row in report["forward"]:
         has_torch = "torch_s" in row
         ratio = (
-            f"{row['ratio']:.2f} [{row['ratio_min']:.2f}–{row['ratio_max']:.2f}]"
+            f"{row['ratio']:.2f} [{row['ratio_min']:.2f}–{row['ratio_max']:.2f}] "
+            f"({row['ratio_of_minima']:.2f})"
             if has_torch
             else absent
         )
@@ -394,13 +390,14 @@ def format_tables(report: dict) -> str:
     lines += [
         "",
         "| fine-tune step | JAX compile (s) | JAX (ms) | torch (ms) "
-        "| torch / JAX time [per-round range] | ≥ 1.0 | loss diff first / last step |",
+        "| torch / JAX time [per-round range] (of minima) | ≥ 1.0 | loss diff first / last step |",
         "|---|---:|---:|---:|---:|---|---:|",
         f"| {ft['pairs']} pairs × {ft['tokens']} tokens ({ft['sequences']} sequences) "
         f"| {ft['jax_compile_s']:.2f} | {ft['jax_s'] * 1e3:.1f} "
         f"| {fmt(ft['torch_s'] * 1e3, '.1f') if has_torch else absent} "
         + (
             f"| {ft['ratio']:.2f} [{ft['ratio_min']:.2f}–{ft['ratio_max']:.2f}] "
+            f"({ft['ratio_of_minima']:.2f}) "
             f"| {'PASS' if ft['met'] else 'FAIL'} "
             f"| {ft['first_loss_diff']:.1e} / {ft['last_loss_diff']:.1e} |"
             if has_torch
@@ -417,12 +414,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-torch", action="store_true", help="JAX only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    quiet.add_argument(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print the tables and return the numbers."""
     args = parse_args(argv)
+    machine = quiet.QuietRun(allow_loaded=args.allow_loaded or args.smoke)
     sizes = SMOKE if args.smoke else FULL
     torch, reason = load_torch(not args.no_torch)
 
@@ -479,9 +478,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(
         f"encoder: {model_name}, jax {report['jax_version']} on {report['backend']} "
-        f"({report['cpu_count']} CPUs) vs {torch_line}; medians of interleaved runs\n"
+        f"({report['cpu_count']} CPUs) vs {torch_line}; medians of interleaved runs; "
+        f"{machine.describe()}\n"
     )
-    print(format_tables(report))
+    print(machine.mark(format_tables(report)))
+    report["machine"] = machine.finish()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report
