@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 from mars_jax.allocation import allocate
 from mars_jax.losses import bradley_terry_loss
@@ -162,13 +163,30 @@ def test_total_budget_caps_the_draws_and_stops_the_loop():
     assert "budget" in refiner.stop_reason(state)
 
 
-def test_stable_margins_stop_the_loop():
-    refiner, state, data = start("none", "refine.stop_tolerance=1e9")
-    state, _ = refiner.run_round(state, data)
-    assert refiner.stop_reason(state) is None
-    state, summary = refiner.run_round(state, data)
-    assert summary.distance is not None
-    assert "stable" in refiner.stop_reason(state)
+@pytest.mark.parametrize("kind", ["wasserstein", "ks"])
+def test_stable_margins_stop_the_loop_just_below_the_tolerance(kind):
+    refiner, state, data = start("none", f"refine.stop_distance={kind!r}")
+    state, first = refiner.run_round(state, data)
+    assert first.distance is None and refiner.stop_reason(state) is None
+    previous = np.asarray(state.base_margins).mean(axis=0)
+    state, second = refiner.run_round(state, data)
+    current = np.asarray(state.base_margins).mean(axis=0)
+    if kind == "wasserstein":
+        expected = float(stats.wasserstein_distance(previous, current))
+    else:
+        expected = float(stats.ks_2samp(previous, current).statistic)
+    assert expected > 0
+    assert second.distance == pytest.approx(expected, rel=1e-5)
+
+    def stops(tolerance: float) -> str | None:
+        config = load_config(
+            None, [*SMALL, f"refine.stop_distance={kind!r}", f"refine.stop_tolerance={tolerance!r}"]
+        )
+        _, _, _, trainer = small_setup()
+        return _refiner(config, trainer, "none").stop_reason(state)
+
+    assert stops(expected * 1.001) is not None and "stable" in stops(expected * 1.001)
+    assert stops(expected * 0.999) is None
 
 
 def test_no_warmup_starts_from_the_initial_parameters():
