@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -69,6 +68,46 @@ def poisoned(self, name, build):
 train.Trainer._jit = poisoned
 sys.exit(main(sys.argv[1:]))
 """
+
+
+# Kills its own process (SIGKILL) right after checkpoint AFTER is saved or, with INSIDE, at
+# the first training chunk of the round that follows it, then runs the CLI.
+KILL_DRIVER = """
+import os
+import signal
+import sys
+from mars_jax import train
+from mars_jax.runner import resume
+from mars_jax.runner.cli import main
+
+saved = []
+real_save = resume.RunCheckpoints.save
+real_jit = train.Trainer._jit
+
+def save(self, checkpoint, state):
+    real_save(self, checkpoint, state)
+    saved.append(checkpoint.step)
+    if len(saved) == AFTER and not INSIDE:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def jit(self, name, build):
+    compiled = real_jit(self, name, build)
+    if name != "train_chunk":
+        return compiled
+    def run(*args):
+        if INSIDE and len(saved) == AFTER:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return compiled(*args)
+    return run
+
+resume.RunCheckpoints.save = save
+train.Trainer._jit = jit
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _kill_driver(after: int, *, inside: bool) -> str:
+    return f"AFTER = {after}\nINSIDE = {inside}\n{KILL_DRIVER}"
 
 
 @pytest.fixture(scope="module")
@@ -150,36 +189,29 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("step", "delay"),
-    [(1, 0.0), (2, 0.05), (4, 0.0)],
+    ("after", "inside"),
+    [(1, False), (2, True), (4, False)],
     ids=["round-2-of-first-method", "inside-a-round", "second-method"],
 )
-def test_sigkill_then_resume_ends_bitwise_equal(env, reference, tmp_path, step, delay):
-    """Kill once checkpoint ``step`` (of 6) exists plus ``delay`` seconds, then resume."""
+def test_sigkill_then_resume_ends_bitwise_equal(env, reference, tmp_path, after, inside):
+    """The run kills itself once checkpoint ``after`` (of 6) is saved, or inside the round
+    after it, then resumes; no timing decides where the kill lands."""
     out = tmp_path / "run"
-    process = subprocess.Popen(  # --resume on a new directory starts the run
-        _command(out, "--resume"),
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while max(_checkpoint_steps(out), default=0) < step and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-    time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    killed_mid_run = process.returncode == -signal.SIGKILL and not (out / "summary.json").exists()
-    assert killed_mid_run or step > 1  # 5 of 6 rounds remain after the first checkpoint
+    # --resume on a new directory starts the run.
+    killed = _run(env, out, "--resume", driver=_kill_driver(after, inside=inside))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "summary.json").exists() and (out / LOCK_NAME).exists()
+    # The two newest checkpoints are kept.
+    assert _checkpoint_steps(out) == ([after - 1, after] if after > 1 else [1])
+    lines = len(read_records(out / "metrics.jsonl"))
+    assert lines == after  # a round killed inside left no line
 
     resumed = _run(env, out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "Traceback" not in resumed.stderr
-    if killed_mid_run:  # the killed process's lock was left behind and is taken over
-        assert "stale lock" in resumed.stderr
+    assert "stale lock" in resumed.stderr  # the killed process's lock is taken over
     assert_same_results(out, reference)
+    assert _checkpoint_steps(out) == [5, 6]
 
 
 def test_nan_stops_cleanly_and_the_checkpoint_resumes(env, reference, tmp_path):
