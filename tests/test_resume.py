@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -102,6 +103,48 @@ def jit(self, name, build):
 
 resume.RunCheckpoints.save = save
 train.Trainer._jit = jit
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# Resumes as a run of another library version, or of data with one number edited under the
+# same config, then runs the CLI.
+PATCH_DRIVER = """
+import sys
+import numpy as np
+from mars_jax.runner import data as data_module, resume
+from mars_jax.runner.cli import main
+
+if PATCH == "version":
+    resume.__version__ = "0.0.0-other"
+else:
+    real = data_module.build_data
+    def edited(config):
+        data, info = real(config)
+        chosen = np.array(data.base.chosen)
+        chosen[0, 0] += 1.0
+        return data._replace(base=data.base._replace(chosen=chosen)), info
+    data_module.build_data = edited
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# Holds the run after its first checkpoint: writes HELD, then sleeps until interrupted.
+HOLD_DRIVER = """
+import pathlib
+import sys
+import time
+from mars_jax.runner import resume
+from mars_jax.runner.cli import main
+
+real_save = resume.RunCheckpoints.save
+
+def save(self, checkpoint, state):
+    real_save(self, checkpoint, state)
+    pathlib.Path(HELD).write_text("held")
+    time.sleep(RUN_TIMEOUT)
+
+resume.RunCheckpoints.save = save
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -235,7 +278,20 @@ def test_nan_stops_cleanly_and_the_checkpoint_resumes(env, reference, tmp_path):
     assert "refine.budget: 120 in the run, 60 now" in changed.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
-    resumed = _run(env, out, "--resume")
+    refusals = [
+        ({"driver": 'PATCH = "version"' + PATCH_DRIVER}, [], "different mars_jax version"),
+        ({"driver": 'PATCH = "data"' + PATCH_DRIVER}, [], "different data set (hash"),
+        # --force still needs the finished methods and the checkpoint's method first.
+        ({}, ["--force", 'refine.methods=["mars", "uniform"]'], "refine.methods: the checkpoint"),
+    ]
+    for driver, extra, message in refusals:
+        refused = _run(env, out, "--resume", *extra, **driver)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1 and message in refused.stderr, refused.stderr
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    # The output section may change freely.
+    resumed = _run(env, out, "--resume", "output.progress=true", "output.dir=elsewhere")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_results(out, reference)
 
@@ -243,6 +299,34 @@ def test_nan_stops_cleanly_and_the_checkpoint_resumes(env, reference, tmp_path):
     assert result.returncode == 0, result.stderr
     records = read_records(forced / "metrics.jsonl")
     assert [r["synthetic_drawn"] for r in records] == [120, 60, 60, 60, 60, 60]
+
+
+def test_a_second_process_is_refused_and_sigint_releases_the_lock(env, tmp_path):
+    out, held = tmp_path / "run", tmp_path / "held"
+    driver = f"HELD = {str(held)!r}\nRUN_TIMEOUT = {RUN_TIMEOUT}\n{HOLD_DRIVER}"
+    first = subprocess.Popen(
+        _command(out, driver=driver), env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT  # waits for an event, not for a duration
+        while not held.exists():
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline, "the first run never saved a checkpoint"
+            time.sleep(0.05)
+        owner = json.loads((out / LOCK_NAME).read_text())
+        assert owner["pid"] == first.pid
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+        second = _run(env, out, "--resume")
+        assert second.returncode == 2, second.stderr
+        assert f"in use by another run (pid {first.pid} on" in second.stderr
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+    assert first.returncode == 130, first.stderr.read()
+    assert not (out / LOCK_NAME).exists()
 
 
 def test_lock_refuses_a_live_owner(tmp_path):
