@@ -23,6 +23,8 @@ from mars_jax.runner.cli import main
 from mars_jax.runner.config import load_config
 from mars_jax.runner.data import build_data, text_settings
 
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
+
 
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
@@ -198,10 +200,10 @@ def test_mixup_pool_in_text_and_synthetic_runs(setup):
     perturb, _ = build_data(load_config(None, overrides))
     assert not np.allclose(np.asarray(perturb.pool.chosen), np.asarray(data.pool.chosen))
 
-    synthetic, synthetic_info = build_data(load_config("configs/tiny.toml", ["data.pool=mixup"]))
+    synthetic, synthetic_info = build_data(load_config(TINY, ["data.pool=mixup"]))
     assert synthetic_info["pool"] == "mixup" and synthetic.pool.chosen.shape == (120 * 9, 8)
     assert 0 <= synthetic_info["pool_label_disagreement"] <= 1
-    _default, default_info = build_data(load_config("configs/tiny.toml"))
+    _default, default_info = build_data(load_config(TINY))
     assert default_info["pool"] == "perturb"
     assert default_info["pool_label_disagreement"] != synthetic_info["pool_label_disagreement"]
 
@@ -215,7 +217,7 @@ def test_mixup_run_through_the_cli(setup):
 
 def test_synthetic_suite_refuses_a_pool_directory(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "configs/tiny.toml", f"data.pool={tmp_path}", "--out", str(out)]) == 2
+    assert main(["run", TINY, f"data.pool={tmp_path}", "--out", str(out)]) == 2
     assert "needs data.suite = 'pairs'" in capsys.readouterr().err
     assert not out.exists()
 
@@ -284,7 +286,7 @@ def test_token_data_matches_the_tokenizer_and_follows_flipped_labels(setup, pool
     ("config", "extra", "message"),
     [
         (None, [], "data.pool: 'perturb' works on frozen features"),
-        ("configs/tiny.toml", None, "model.finetune_encoder: needs data.suite = 'pairs'"),
+        (TINY, None, "model.finetune_encoder: needs data.suite = 'pairs'"),
     ],
 )
 def test_finetune_needs_text_and_a_pool_directory(setup, tmp_path, capsys, config, extra, message):
