@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,7 @@ from mars_jax.refine import Refiner, margin_distance
 from mars_jax.runner.config import load_config
 from mars_jax.runner.data import build_data
 from mars_jax.runner.experiment import build_refiners, build_trainer
+from mars_jax.train import NonFiniteTrainingError
 
 SMALL = [
     "data.num_base_pairs=300",
@@ -206,3 +209,40 @@ def test_margin_distances_match_closed_forms():
     assert margin_distance(sample, sample + 100.0, kind="ks") == 1.0
     shifted = margin_distance(sample, sample + 0.1, kind="ks")
     assert 0.0 < shifted < 0.2
+
+
+def test_lowest_margin_subset_holds_the_k_smallest_abs_margin_pairs():
+    refiner, state, data = start("mars")
+    seen = {}
+
+    def spy(params, subsets, key):
+        seen.update(subsets)
+        return types.SimpleNamespace(to_json=dict)
+
+    k = 17
+    spied = dataclasses.replace(refiner, curvature=spy, curvature_lowest_k=k)
+    new_state, _ = spied.run_round(state, data)
+    margins = np.abs(np.asarray(new_state.base_margins).mean(axis=0))
+    # A pair is its (chosen, rejected) rows; one response may be in several pairs.
+    rows = np.concatenate([np.asarray(data.base.chosen), np.asarray(data.base.rejected)], axis=1)
+    subset = seen["lowest_margin"]
+    picked = [
+        int(np.flatnonzero(np.all(rows == row, axis=1))[0])
+        for row in np.concatenate([np.asarray(subset.chosen), np.asarray(subset.rejected)], axis=1)
+    ]
+    assert len(set(picked)) == k
+    others = np.setdiff1d(np.arange(margins.size), picked)
+    assert margins[picked].max() <= margins[others].min()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_data_stops_the_warm_up_with_one_error(bad):
+    config, data, model, trainer = small_setup()
+    refiner = _refiner(config, trainer, "mars")
+    assert refiner.fit.warmup_epochs >= 1
+    chosen = np.array(data.base.chosen)
+    chosen[5] = bad
+    poisoned = data._replace(base=data.base._replace(chosen=chosen))
+    params = init_members(model, jax.random.key(0), 1)
+    with pytest.raises(NonFiniteTrainingError, match=r"warm-up.*step \d+ of \d+.*(nan|inf)"):
+        refiner.init(jax.random.key(1), params, poisoned)
