@@ -155,7 +155,8 @@ def _kill_driver(after: int, *, inside: bool) -> str:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax-cache")
+    # The test run's cache when conftest set one, so the runs share its programs.
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jax-cache")
     return {
         **os.environ,
         "PYTHONPATH": str(REPO),
