@@ -9,6 +9,7 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from scipy import stats
 
@@ -246,3 +247,15 @@ def test_non_finite_data_stops_the_warm_up_with_one_error(bad):
     params = init_members(model, jax.random.key(0), 1)
     with pytest.raises(NonFiniteTrainingError, match=r"warm-up.*step \d+ of \d+.*(nan|inf)"):
         refiner.init(jax.random.key(1), params, poisoned)
+
+
+def test_reset_optimizer_false_keeps_adams_moments_across_rounds():
+    counts = {}
+    for reset in (True, False):
+        refiner, state, data = start("uniform", f"refine.reset_optimizer={str(reset).lower()}")
+        warm = int(np.max(optax.tree_utils.tree_get(state.train.opt_state, "count")))
+        new_state, _ = refiner.run_round(state, data)
+        counts[reset] = int(np.max(optax.tree_utils.tree_get(new_state.train.opt_state, "count")))
+    assert warm > 0 and counts[True] > 0
+    # Kept: Adam's step count goes on from the warm-up's; reset: it restarts at the round.
+    assert counts[False] == warm + counts[True]
