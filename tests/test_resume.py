@@ -303,15 +303,14 @@ def test_nan_stops_cleanly_and_the_checkpoint_resumes(env, reference, tmp_path):
 
 
 def test_a_second_process_is_refused_and_sigint_releases_the_lock(env, tmp_path):
-    out, held = tmp_path / "run", tmp_path / "held"
+    out, held, log = tmp_path / "run", tmp_path / "held", tmp_path / "first.err"
     driver = f"HELD = {str(held)!r}\n{HOLD_DRIVER}"
-    first = subprocess.Popen(
-        _command(out, driver=driver), env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
-    )
+    with log.open("w") as stderr:  # a file, not a pipe that could fill and block the run
+        first = subprocess.Popen(_command(out, driver=driver), env=env, cwd=tmp_path, stderr=stderr)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT  # waits for an event, not for a duration
         while not held.exists():
-            assert first.poll() is None, first.stderr.read()
+            assert first.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the first run never saved a checkpoint"
             time.sleep(0.05)
         owner = json.loads((out / LOCK_NAME).read_text())
@@ -325,8 +324,13 @@ def test_a_second_process_is_refused_and_sigint_releases_the_lock(env, tmp_path)
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     finally:
         first.send_signal(signal.SIGINT)
-        first.wait(timeout=60)
-    assert first.returncode == 130, first.stderr.read()
+        try:
+            first.wait(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            first.wait()
+            raise
+    assert first.returncode == 130, log.read_text()
     assert not (out / LOCK_NAME).exists()
 
 
