@@ -1,13 +1,16 @@
 """Deterministic stand-ins for the language model in the augmentation tests (not a test file),
 and for the text encoder in the embedding-cache fault tests.
 
-Also run as a script by the kill-and-resume test: ``python augment_fakes.py OUT NUM_PAIRS``
-builds a pool with a slow fake generator, so that the test can SIGKILL it mid-way.
+Also run as a script by the kill-and-resume test: ``python augment_fakes.py OUT NUM_PAIRS
+CHUNKS`` builds a pool with a fake generator that SIGKILLs its own process once CHUNKS chunks
+are written (a kill mid-build that no timing decides).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -122,9 +125,22 @@ SETTINGS = AugmentSettings(
 )
 
 
+class KillingGenerator(FakeGenerator):
+    """Kills its own process (SIGKILL) at the first call after ``chunks`` chunks are on disk."""
+
+    def __init__(self, out: Path, chunks: int) -> None:
+        super().__init__(bad=True)
+        self.out, self.chunks = out, chunks
+
+    def generate(self, prompts: Sequence[str], **options) -> list[str]:
+        if len(list(self.out.glob("chunk-*.jsonl.gz"))) >= self.chunks:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().generate(prompts, **options)
+
+
 if __name__ == "__main__":
     from mars_jax.augment.builder import build_pool
 
-    out, num_pairs = Path(sys.argv[1]), int(sys.argv[2])
-    generator = FakeGenerator(bad=True, delay=0.02)
+    out, num_pairs, chunks = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    generator = KillingGenerator(out, chunks)
     build_pool(make_table(num_pairs), generator, out, SETTINGS, sources=[], progress=False)

@@ -144,8 +144,7 @@ def test_jit_with_traced_offsets_does_not_recompile():
     second = jitted(jax.random.key(0), _offsets([1, 10, 2]))
     assert int(first.sum()) == int(second.sum()) == 5
     assert (np.asarray(second) <= [1, 10, 2]).all()
-    if hasattr(jitted, "_cache_size"):
-        assert jitted._cache_size() == 1
+    assert jitted._cache_size() == 1
     eager = uniform_global_budgets(jax.random.key(0), _offsets([1, 10, 2]), budget=5)
     np.testing.assert_array_equal(eager, second)
 

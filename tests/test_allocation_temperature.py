@@ -115,8 +115,7 @@ def test_target_ess_traced_fraction_does_not_recompile():
     margins = _margins(6, 200)
     taus = [float(jitted(margins, f)) for f in (0.8, 0.4, 0.1)]
     assert taus == sorted(taus)
-    if hasattr(jitted, "_cache_size"):
-        assert jitted._cache_size() == 1
+    assert jitted._cache_size() == 1
 
 
 def test_scaled_margins_and_modes_errors():

@@ -4,13 +4,13 @@ refinement and the cheap feature generators, all with a deterministic fake gener
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from mars_jax.augment.paraphrase import (
     ParaphraseSettings,
     approx_tokens,
     clean_output,
+    derive_seed,
     new_token_budget,
     paraphrase_texts,
     rejection_reason,
@@ -103,6 +104,37 @@ def test_token_budget_grows_with_the_source_and_is_capped():
     assert new_token_budget("word " * 30, 1000) == 128  # 40 tokens: 1.5 * 40 + 16 = 76 -> 128
 
 
+def expected_paraphrase_counts(sources, count, *, max_retries, seed):
+    """Accepted paraphrases per source, retry rounds and replies generated, from the fake
+    generator's rule (draw = sha256 of source|seed|position; 0, 1, 2 mod 12 unusable; the
+    tag draw mod 1000 may repeat) and the documented retry scheme (one request per missing
+    paraphrase, one call per token budget with seed ``derive_seed(seed, attempt, budget)``)."""
+    accepted = [set() for _ in sources]
+    retry_rounds = generated = 0
+    for attempt in range(1 + max_retries):
+        pending = [i for i in range(len(sources)) if len(accepted[i]) < count]
+        if not pending:
+            break
+        retry_rounds += attempt > 0
+        groups = {}
+        for i in pending:
+            budget = new_token_budget(sources[i], ParaphraseSettings().max_new_tokens)
+            groups.setdefault(budget, []).extend([i] * (count - len(accepted[i])))
+        for budget, group in sorted(groups.items()):
+            call_seed = derive_seed(seed, attempt, budget)
+            generated += len(group)
+            for position, i in enumerate(group):
+                digest = hashlib.sha256(f"{sources[i]}|{call_seed}|{position}".encode())
+                draw = int(digest.hexdigest()[:8], 16)
+                if draw % 12 >= 3 and len(accepted[i]) < count:
+                    accepted[i].add(draw % 1000)  # a repeated tag is a duplicate
+    return {
+        "accepted": [len(found) for found in accepted],
+        "retry_rounds": retry_rounds,
+        "generated": generated,
+    }
+
+
 def test_paraphrase_texts_filters_retries_and_falls_back():
     texts = ["alpha beta gamma delta", "", "alpha beta gamma delta", "one two three four five"]
     s = ParaphraseSettings(max_retries=0)
@@ -117,8 +149,12 @@ def test_paraphrase_texts_filters_retries_and_falls_back():
     for text, found in zip(texts, result.paraphrases, strict=True):
         assert len(found) <= 6 and len(set(found)) == len(found)
         assert all(p and p.lower() != text.lower() and "Here is" not in p for p in found)
-    assert rejected == 4 and stats["short_sources"] == 2  # what this seed's draws reject
-    assert [len(p) for p in result.paraphrases] == [3, 0, 3, 5]
+    # The fake's rule: a reply is unusable when its draw is 0, 1 or 2 mod 12.
+    sources = ["alpha beta gamma delta", "one two three four five"]
+    wanted = expected_paraphrase_counts(sources, 6, max_retries=0, seed=1)
+    assert rejected == stats["generated"] - sum(wanted["accepted"])
+    assert stats["short_sources"] == sum(n < 6 for n in wanted["accepted"])
+    assert [len(p) for p in result.paraphrases] == [wanted["accepted"][0], 0, *wanted["accepted"]]
 
     retried = paraphrase_texts(
         FakeGenerator(bad=True),
@@ -128,8 +164,10 @@ def test_paraphrase_texts_filters_retries_and_falls_back():
         template=PROMPT_TEMPLATE,
         seed=1,
     )
-    assert retried.stats["retry_rounds"] == 2 and retried.stats["generated"] == 17
-    assert retried.stats["short_sources"] == 0
+    wanted = expected_paraphrase_counts(sources, 6, max_retries=5, seed=1)
+    assert retried.stats["retry_rounds"] == wanted["retry_rounds"]
+    assert retried.stats["generated"] == wanted["generated"]
+    assert wanted["accepted"] == [6, 6] and retried.stats["short_sources"] == 0
     assert [len(p) for p in retried.paraphrases] == [6, 0, 6, 6]
     assert retried.paraphrases[0][:3] == result.paraphrases[0]  # a retry only adds
 
@@ -251,15 +289,12 @@ def test_resume_after_sigkill_equals_an_uninterrupted_build(tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     script = Path(__file__).with_name("augment_fakes.py")
-    process = subprocess.Popen([sys.executable, str(script), str(out), str(num_pairs)], env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(out.glob("chunk-*.jsonl.gz"))) < 3:
-        assert process.poll() is None, "the build ended before it could be killed"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    killed = subprocess.run(
+        [sys.executable, str(script), str(out), str(num_pairs), "3"], env=env, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL  # killed itself after its third chunk
     stopped = read_pool(out)
-    assert 3 <= len(stopped.done) < num_pairs
+    assert len(stopped.done) == 3 * SETTINGS.chunk_size and not stopped.manifest["complete"]
 
     table = make_table(num_pairs)
     build_pool(table, FakeGenerator(bad=True), out, SETTINGS, sources=[], progress=False)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mars_jax.data.pool import read_pool
 from mars_jax.errors import MarsError
 from mars_jax.runner.config import (
     Config,
@@ -74,6 +75,24 @@ def test_synthetic_toml_spells_out_every_key() -> None:
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
 def test_every_config_file_loads(path: Path) -> None:
     assert isinstance(load_config(path), Config)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((CONFIGS / "experiments").glob("*.toml")), ids=lambda p: p.name
+)
+def test_every_experiment_data_set_loads(path: Path) -> None:
+    assert isinstance(load_config(path), Config)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (CONFIGS.parent / "pools").iterdir() if p.is_dir()),
+    ids=lambda p: p.name,
+)
+def test_committed_pools_load_complete(path: Path) -> None:
+    contents = read_pool(path)
+    assert contents.manifest["complete"]
+    assert len(contents.done) == 100  # the base pairs named in pools/README.md
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
@@ -435,7 +454,7 @@ def test_hash_stable_and_sensitive_to_every_key() -> None:
     base = load_config(None)
     digest = config_hash(base)
     assert len(digest) == 16
-    assert int(digest, 16) >= 0
+    assert set(digest) <= set("0123456789abcdef")
     assert config_hash(load_config(CONFIGS / "synthetic.toml")) == digest
     assert config_hash(load_config(None, ["train.grad_clip_norm=1"])) == digest
 

@@ -117,8 +117,9 @@ def test_bfloat16_forward_is_close_to_float32(tiny):
 
 
 def test_forward_matches_transformers_pytorch(tiny):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    reason = "the PyTorch cross-check needs torch (pip install -e '.[bench]')"
+    torch = pytest.importorskip("torch", reason=reason)
+    transformers = pytest.importorskip("transformers", reason=reason)
     hf, _ = tiny
     config, params = load_llama(hf)
     ids = [[3, 17, 99, 120, 5, 42, 7]]

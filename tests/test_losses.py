@@ -321,8 +321,7 @@ def test_jit_matches_eager_and_does_not_recompile():
         )
     eager_traces = 3
     assert len(traces) == eager_traces + 1
-    if hasattr(jitted, "_cache_size"):
-        assert jitted._cache_size() == 1
+    assert jitted._cache_size() == 1
     # A new shape does retrace, so the counter above is live.
     jitted(*(np.zeros(4, np.float32),) * 3, np.ones(4, np.float32))
     assert len(traces) == eager_traces + 2

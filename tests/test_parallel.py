@@ -130,8 +130,13 @@ def test_cli_run_on_8_devices_matches_one_device(sharded):
 
 
 def test_one_device_is_the_unsharded_path():
+    # Also right where more devices exist (e.g. with XLA_FLAGS forcing 8 host devices).
     config = load_config(None, ["parallel.enabled=true"])
-    assert placement_for(settings_from(MeshSettings, config.parallel)) is None
+    placement = placement_for(settings_from(MeshSettings, config.parallel))
+    if jax.device_count() == 1:
+        assert placement is None
+    else:
+        assert placement.mesh.size == jax.device_count()
     assert placement_for(MeshSettings(enabled=False)) is None
 
 
@@ -151,7 +156,7 @@ def test_one_device_mesh_gives_identical_results():
     )
     data, _ = build_data(config)
     model, trainer = build_trainer(config, data)
-    placement = Placement(build_mesh(MeshSettings(enabled=True)))
+    placement = Placement(build_mesh(MeshSettings(enabled=True), jax.devices()[:1]))
     key = jax.random.key(0)
     results = []
     for where in (None, placement):
@@ -188,16 +193,20 @@ def test_pad_rows_appends_zeros_to_a_multiple():
 
 
 def test_mesh_sizes_must_match_the_devices():
-    with pytest.raises(MarsError, match=r"parallel\.fsdp = 2"):
-        build_mesh(MeshSettings(enabled=True, fsdp=2))
-    with pytest.raises(MarsError, match=r"parallel\.data"):
-        build_mesh(MeshSettings(enabled=True, data=3))
+    one = jax.devices()[:1]
+    with pytest.raises(MarsError, match=r"parallel\.fsdp = 2 does not divide the 1 devices"):
+        build_mesh(MeshSettings(enabled=True, fsdp=2), one)
+    with pytest.raises(
+        MarsError, match=r"parallel\.data \* parallel\.fsdp = 3 \* 1 must equal the 1"
+    ):
+        build_mesh(MeshSettings(enabled=True, data=3), one)
+    assert build_mesh(MeshSettings(enabled=True), one).shape == {"data": 1, "fsdp": 1}
     with pytest.raises(ConfigError, match=r"parallel\.fsdp"):
         load_config(None, ["parallel.fsdp=0"])
 
 
 def test_host_local_batch_on_one_process():
-    mesh = build_mesh(MeshSettings(enabled=True))
+    mesh = build_mesh(MeshSettings(enabled=True), jax.devices()[:1])
     rows = host_rows(6, mesh)
     assert rows == slice(0, 6)
     local = {"x": np.arange(12.0).reshape(6, 2)[rows]}
@@ -213,8 +222,9 @@ def test_distributed_without_a_cluster_is_one_error_line(monkeypatch):
 
 def test_cli_bad_mesh_is_one_line_before_any_output(tmp_path, capsys):
     out = tmp_path / "run"
-    status = main(["run", "parallel.enabled=true", "parallel.fsdp=2", "--out", str(out), "--quiet"])
-    assert status == 2
+    fsdp = jax.device_count() + 1  # divides no device count
+    argv = ["run", "parallel.enabled=true", f"parallel.fsdp={fsdp}", "--out", str(out), "--quiet"]
+    assert main(argv) == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "parallel.fsdp = 2" in error
+    assert error.count("\n") == 1 and f"parallel.fsdp = {fsdp}" in error
     assert not out.exists()

@@ -24,6 +24,8 @@ from mars_jax.runner.data import build_data
 from mars_jax.train import Trainer
 from mars_jax.types import PairBatch
 
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
+
 _spec = importlib.util.spec_from_file_location(
     "tiny_bert", Path(__file__).with_name("test_bert.py")
 )
@@ -92,7 +94,7 @@ def test_floors_in_the_run_summary_and_table(setup, capsys):
 def test_synthetic_runs_record_the_probe_floor(tmp_path):
     out = tmp_path / "run"
     overrides = ["refine.methods=['none']", "refine.rounds=1", "output.plots=false"]
-    assert main(["run", "configs/tiny.toml", *overrides, "--out", str(out)]) == 0
+    assert main(["run", TINY, *overrides, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["floors"]) == {"linear_probe"}
     assert summary["floors"]["linear_probe"]["num_pairs"] == 200

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from scipy import stats
 
 from mars_jax.allocation import allocate
 from mars_jax.losses import bradley_terry_loss
@@ -16,6 +20,7 @@ from mars_jax.refine import Refiner, margin_distance
 from mars_jax.runner.config import load_config
 from mars_jax.runner.data import build_data
 from mars_jax.runner.experiment import build_refiners, build_trainer
+from mars_jax.train import NonFiniteTrainingError
 
 SMALL = [
     "data.num_base_pairs=300",
@@ -162,13 +167,30 @@ def test_total_budget_caps_the_draws_and_stops_the_loop():
     assert "budget" in refiner.stop_reason(state)
 
 
-def test_stable_margins_stop_the_loop():
-    refiner, state, data = start("none", "refine.stop_tolerance=1e9")
-    state, _ = refiner.run_round(state, data)
-    assert refiner.stop_reason(state) is None
-    state, summary = refiner.run_round(state, data)
-    assert summary.distance is not None
-    assert "stable" in refiner.stop_reason(state)
+@pytest.mark.parametrize("kind", ["wasserstein", "ks"])
+def test_stable_margins_stop_the_loop_just_below_the_tolerance(kind):
+    refiner, state, data = start("none", f"refine.stop_distance={kind!r}")
+    state, first = refiner.run_round(state, data)
+    assert first.distance is None and refiner.stop_reason(state) is None
+    previous = np.asarray(state.base_margins).mean(axis=0)
+    state, second = refiner.run_round(state, data)
+    current = np.asarray(state.base_margins).mean(axis=0)
+    if kind == "wasserstein":
+        expected = float(stats.wasserstein_distance(previous, current))
+    else:
+        expected = float(stats.ks_2samp(previous, current).statistic)
+    assert expected > 0
+    assert second.distance == pytest.approx(expected, rel=1e-5)
+
+    def stops(tolerance: float) -> str | None:
+        config = load_config(
+            None, [*SMALL, f"refine.stop_distance={kind!r}", f"refine.stop_tolerance={tolerance!r}"]
+        )
+        _, _, _, trainer = small_setup()
+        return _refiner(config, trainer, "none").stop_reason(state)
+
+    assert stops(expected * 1.001) is not None and "stable" in stops(expected * 1.001)
+    assert stops(expected * 0.999) is None
 
 
 def test_no_warmup_starts_from_the_initial_parameters():
@@ -188,3 +210,52 @@ def test_margin_distances_match_closed_forms():
     assert margin_distance(sample, sample + 100.0, kind="ks") == 1.0
     shifted = margin_distance(sample, sample + 0.1, kind="ks")
     assert 0.0 < shifted < 0.2
+
+
+def test_lowest_margin_subset_holds_the_k_smallest_abs_margin_pairs():
+    refiner, state, data = start("mars")
+    seen = {}
+
+    def spy(params, subsets, key):
+        seen.update(subsets)
+        return types.SimpleNamespace(to_json=dict)
+
+    k = 17
+    spied = dataclasses.replace(refiner, curvature=spy, curvature_lowest_k=k)
+    new_state, _ = spied.run_round(state, data)
+    margins = np.abs(np.asarray(new_state.base_margins).mean(axis=0))
+    # A pair is its (chosen, rejected) rows; one response may be in several pairs.
+    rows = np.concatenate([np.asarray(data.base.chosen), np.asarray(data.base.rejected)], axis=1)
+    subset = seen["lowest_margin"]
+    picked = [
+        int(np.flatnonzero(np.all(rows == row, axis=1))[0])
+        for row in np.concatenate([np.asarray(subset.chosen), np.asarray(subset.rejected)], axis=1)
+    ]
+    assert len(set(picked)) == k
+    others = np.setdiff1d(np.arange(margins.size), picked)
+    assert margins[picked].max() <= margins[others].min()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_data_stops_the_warm_up_with_one_error(bad):
+    config, data, model, trainer = small_setup()
+    refiner = _refiner(config, trainer, "mars")
+    assert refiner.fit.warmup_epochs >= 1
+    chosen = np.array(data.base.chosen)
+    chosen[5] = bad
+    poisoned = data._replace(base=data.base._replace(chosen=chosen))
+    params = init_members(model, jax.random.key(0), 1)
+    with pytest.raises(NonFiniteTrainingError, match=r"warm-up.*step \d+ of \d+.*(nan|inf)"):
+        refiner.init(jax.random.key(1), params, poisoned)
+
+
+def test_reset_optimizer_false_keeps_adams_moments_across_rounds():
+    counts = {}
+    for reset in (True, False):
+        refiner, state, data = start("uniform", f"refine.reset_optimizer={str(reset).lower()}")
+        warm = int(np.max(optax.tree_utils.tree_get(state.train.opt_state, "count")))
+        new_state, _ = refiner.run_round(state, data)
+        counts[reset] = int(np.max(optax.tree_utils.tree_get(new_state.train.opt_state, "count")))
+    assert warm > 0 and counts[True] > 0
+    # Kept: Adam's step count goes on from the warm-up's; reset: it restarts at the round.
+    assert counts[False] == warm + counts[True]

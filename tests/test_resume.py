@@ -71,9 +71,97 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+# Kills its own process (SIGKILL) right after checkpoint AFTER is saved or, with INSIDE, at
+# the first training chunk of the round that follows it, then runs the CLI.
+KILL_DRIVER = """
+import os
+import signal
+import sys
+from mars_jax import train
+from mars_jax.runner import resume
+from mars_jax.runner.cli import main
+
+saved = []
+real_save = resume.RunCheckpoints.save
+real_jit = train.Trainer._jit
+
+def save(self, checkpoint, state):
+    real_save(self, checkpoint, state)
+    saved.append(checkpoint.step)
+    if len(saved) == AFTER and not INSIDE:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def jit(self, name, build):
+    compiled = real_jit(self, name, build)
+    if name != "train_chunk":
+        return compiled
+    def run(*args):
+        if INSIDE and len(saved) == AFTER:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return compiled(*args)
+    return run
+
+resume.RunCheckpoints.save = save
+train.Trainer._jit = jit
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# Resumes as a run of another library version, or of data with one number edited under the
+# same config, then runs the CLI.
+PATCH_DRIVER = """
+import sys
+import numpy as np
+from mars_jax.runner import data as data_module, resume
+from mars_jax.runner.cli import main
+
+if PATCH == "version":
+    resume.__version__ = "0.0.0-other"
+else:
+    real = data_module.build_data
+    def edited(config):
+        data, info = real(config)
+        chosen = np.array(data.base.chosen)
+        chosen[0, 0] += 1.0
+        return data._replace(base=data.base._replace(chosen=chosen)), info
+    data_module.build_data = edited
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# Holds the run after its first checkpoint: writes HELD, then sleeps until interrupted.
+# SIGINT raises KeyboardInterrupt as in a foreground run (a shell starts background jobs with
+# SIGINT ignored, and children inherit that).
+HOLD_DRIVER = """
+import pathlib
+import signal
+import sys
+import time
+from mars_jax.runner import resume
+from mars_jax.runner.cli import main
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+real_save = resume.RunCheckpoints.save
+
+def save(self, checkpoint, state):
+    real_save(self, checkpoint, state)
+    pathlib.Path(HELD).write_text("held")
+    time.sleep(3600)  # until the test sends SIGINT
+
+resume.RunCheckpoints.save = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _kill_driver(after: int, *, inside: bool) -> str:
+    return f"AFTER = {after}\nINSIDE = {inside}\n{KILL_DRIVER}"
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax-cache")
+    # The test run's cache when conftest set one, so the runs share its programs.
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jax-cache")
     return {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -150,36 +238,29 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("step", "delay"),
-    [(1, 0.0), (2, 0.05), (4, 0.0)],
+    ("after", "inside"),
+    [(1, False), (2, True), (4, False)],
     ids=["round-2-of-first-method", "inside-a-round", "second-method"],
 )
-def test_sigkill_then_resume_ends_bitwise_equal(env, reference, tmp_path, step, delay):
-    """Kill once checkpoint ``step`` (of 6) exists plus ``delay`` seconds, then resume."""
+def test_sigkill_then_resume_ends_bitwise_equal(env, reference, tmp_path, after, inside):
+    """The run kills itself once checkpoint ``after`` (of 6) is saved, or inside the round
+    after it, then resumes; no timing decides where the kill lands."""
     out = tmp_path / "run"
-    process = subprocess.Popen(  # --resume on a new directory starts the run
-        _command(out, "--resume"),
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while max(_checkpoint_steps(out), default=0) < step and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-    time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    killed_mid_run = process.returncode == -signal.SIGKILL and not (out / "summary.json").exists()
-    assert killed_mid_run or step > 1  # 5 of 6 rounds remain after the first checkpoint
+    # --resume on a new directory starts the run.
+    killed = _run(env, out, "--resume", driver=_kill_driver(after, inside=inside))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "summary.json").exists() and (out / LOCK_NAME).exists()
+    # The two newest checkpoints are kept.
+    assert _checkpoint_steps(out) == ([after - 1, after] if after > 1 else [1])
+    lines = len(read_records(out / "metrics.jsonl"))
+    assert lines == after  # a round killed inside left no line
 
     resumed = _run(env, out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "Traceback" not in resumed.stderr
-    if killed_mid_run:  # the killed process's lock was left behind and is taken over
-        assert "stale lock" in resumed.stderr
+    assert "stale lock" in resumed.stderr  # the killed process's lock is taken over
     assert_same_results(out, reference)
+    assert _checkpoint_steps(out) == [5, 6]
 
 
 def test_nan_stops_cleanly_and_the_checkpoint_resumes(env, reference, tmp_path):
@@ -203,7 +284,20 @@ def test_nan_stops_cleanly_and_the_checkpoint_resumes(env, reference, tmp_path):
     assert "refine.budget: 120 in the run, 60 now" in changed.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
-    resumed = _run(env, out, "--resume")
+    refusals = [
+        ({"driver": 'PATCH = "version"' + PATCH_DRIVER}, [], "different mars_jax version"),
+        ({"driver": 'PATCH = "data"' + PATCH_DRIVER}, [], "different data set (hash"),
+        # --force still needs the finished methods and the checkpoint's method first.
+        ({}, ["--force", 'refine.methods=["mars", "uniform"]'], "refine.methods: the checkpoint"),
+    ]
+    for driver, extra, message in refusals:
+        refused = _run(env, out, "--resume", *extra, **driver)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1 and message in refused.stderr, refused.stderr
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    # The output section may change freely.
+    resumed = _run(env, out, "--resume", "output.progress=true", "output.dir=elsewhere")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_results(out, reference)
 
@@ -211,6 +305,39 @@ def test_nan_stops_cleanly_and_the_checkpoint_resumes(env, reference, tmp_path):
     assert result.returncode == 0, result.stderr
     records = read_records(forced / "metrics.jsonl")
     assert [r["synthetic_drawn"] for r in records] == [120, 60, 60, 60, 60, 60]
+
+
+def test_a_second_process_is_refused_and_sigint_releases_the_lock(env, tmp_path):
+    out, held, log = tmp_path / "run", tmp_path / "held", tmp_path / "first.err"
+    driver = f"HELD = {str(held)!r}\n{HOLD_DRIVER}"
+    with log.open("w") as stderr:  # a file, not a pipe that could fill and block the run
+        first = subprocess.Popen(_command(out, driver=driver), env=env, cwd=tmp_path, stderr=stderr)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT  # waits for an event, not for a duration
+        while not held.exists():
+            assert first.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the first run never saved a checkpoint"
+            time.sleep(0.05)
+        owner = json.loads((out / LOCK_NAME).read_text())
+        assert owner["pid"] == first.pid
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+        second = _run(env, out, "--resume")
+        assert second.returncode == 2, second.stderr
+        assert f"in use by another run (pid {first.pid} on" in second.stderr
+        assert second.stderr.count("\n") == 1, second.stderr
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        first.send_signal(signal.SIGINT)
+        try:
+            first.wait(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            first.wait()
+            pytest.fail(f"the run did not stop on SIGINT; its stderr: {log.read_text()!r}")
+    assert first.returncode == 130, log.read_text()
+    assert "interrupted" in log.read_text()
+    assert not (out / LOCK_NAME).exists()
 
 
 def test_lock_refuses_a_live_owner(tmp_path):

@@ -239,5 +239,6 @@ def test_reward_scale_is_realised(reward_scale: float, nonlinear_weight: float) 
     ],
 )
 def test_invalid_arguments_raise(overrides: dict[str, object]) -> None:
-    with pytest.raises(MarsError):
+    (name,) = overrides
+    with pytest.raises(MarsError, match=rf"\b{name}\b"):
         _suite(**overrides)
