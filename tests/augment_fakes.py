@@ -88,9 +88,13 @@ class HashEncoder:
         self.identity = {"name": "hash-encoder"}
         self.embedded = 0
 
-    def embed_texts(self, texts: Sequence[str], *, batch_size: int, progress: bool):
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int, progress: bool, on_batch=None):
         self.embedded += len(texts)
-        return np.stack([self.vector(text) for text in texts])
+        vectors = np.stack([self.vector(text) for text in texts])
+        for start in range(0, len(texts), batch_size) if on_batch is not None else ():
+            rows = np.arange(start, min(start + batch_size, len(texts)))
+            on_batch(rows, vectors[rows])
+        return vectors
 
     @staticmethod
     def vector(text: str) -> np.ndarray:
