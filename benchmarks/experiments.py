@@ -45,7 +45,7 @@ Usage::
 
     python benchmarks/experiments.py [--experiments accuracy,curvature,...,finetune]
         [--datasets synthetic,hh-rlhf,...] [--seeds 5] [--results DIR]
-        [--compile-cache DIR] [--smoke]
+        [--cells main,tau-10,...] [--compile-cache DIR] [--smoke]
 """
 
 from __future__ import annotations
@@ -357,6 +357,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=str(DEFAULT_COMPILE_CACHE),
         help="folder of JAX's persistent compilation cache ('' for none)",
     )
+    parser.add_argument(
+        "--cells", default=None, help="only these cells, e.g. main,tau-10 (default: every cell)"
+    )
     parser.add_argument("--smoke", action="store_true")
     return parser.parse_args(argv)
 
@@ -385,8 +388,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cache = _DataCache()
     ran: list[str] = []
     skipped: list[str] = []
+    cells = set(_split(args.cells)) if args.cells is not None else None
     with compile_cache(Path(args.compile_cache) if args.compile_cache else None):
-        _run_grid(experiments, datasets, seeds, results, operators, cache, command, ran, skipped)
+        _run_grid(
+            experiments, datasets, seeds, results, operators, cells, cache, command, ran, skipped
+        )
     print(f"{len(ran)} run, {len(skipped)} skipped (already in {results})")
     return {"results": str(results), "ran": ran, "skipped": skipped}
 
@@ -397,6 +403,7 @@ def _run_grid(
     seeds: int,
     results: Path,
     operators: Sequence[str],
+    cells: set[str] | None,
     cache: _DataCache,
     command: str,
     ran: list[str],
@@ -408,6 +415,13 @@ def _run_grid(
         for dataset, config_path in datasets
         for cell in experiment_cells(experiment, dataset, config_path, operators)
     ]
+    if cells is not None:
+        unknown = sorted(cells - {cell.name for cell, _ in grid})
+        if unknown:
+            known = ", ".join(dict.fromkeys(cell.name for cell, _ in grid))
+            missing = ", ".join(map(repr, unknown))
+            raise MarsError(f"--cells: no cell {missing} in these experiments; known: {known}")
+        grid = [(cell, path) for cell, path in grid if cell.name in cells]
     for cell, config_path in grid:  # every config error before the first run
         cell.config(config_path, 0)
     for cell, config_path in grid:
