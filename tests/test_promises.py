@@ -1,5 +1,6 @@
 """Promises of the README that had no test (issue 18): Hugging Face rows, skipped records in
-summary.json, a pool that covers only some base pairs, and warm-up epochs."""
+summary.json, a pool that covers only some base pairs, warm-up epochs, and an infinite
+gradient in a run."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import optax
 import pytest
 
+from mars_jax import train
 from mars_jax.data.formats import read_hf_dataset
 from mars_jax.data.pool import PoolContents, PoolPair, base_key
 from mars_jax.data.text import directory_pool
@@ -24,6 +26,10 @@ from mars_jax.runner.cli import main
 from mars_jax.runner.config import load_config
 from mars_jax.runner.data import build_data
 from mars_jax.runner.experiment import build_refiners, build_trainer
+from mars_jax.runner.locks import LOCK_NAME
+from mars_jax.runner.logs import read_records
+
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.toml")
 
 _spec = importlib.util.spec_from_file_location(
     "text_data", Path(__file__).with_name("test_text_data.py")
@@ -190,3 +196,50 @@ def test_warmup_epochs_train_that_many_epochs_before_the_first_round():
         assert int(np.max(state.train.step)) == counts[epochs]
     steps_per_epoch = math.ceil(300 / 32)
     assert counts == {1: steps_per_epoch, 3: 3 * steps_per_epoch}
+
+
+def test_an_infinite_gradient_stops_the_run_with_one_line_and_it_resumes(tmp_path, capsys):
+    """Huge (finite) features in round 2's training chunk make a linear head's gradient
+    norm overflow to inf (a hidden layer's GELU would turn them into NaN)."""
+    argv = [
+        "run",
+        TINY,
+        "model.hidden_sizes=[]",
+        'refine.methods=["mars"]',
+        "eval.num_bootstrap=0",
+        "output.plots=false",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+    ]
+    calls = []
+    real = train.Trainer._jit
+
+    def poisoned(self, name, build):
+        compiled = real(self, name, build)
+        if name != "train_chunk":
+            return compiled
+
+        def run(state, pairs, rows, mask, active):
+            calls.append(name)
+            if len(calls) == 3:  # warm-up, round 1, round 2
+                pairs = pairs._replace(chosen=np.full(pairs.chosen.shape, 1e25, np.float32))
+            return compiled(state, pairs, rows, mask, active)
+
+        return run
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train.Trainer, "_jit", poisoned)
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "method 'mars', round 2, step 1 of" in err[0] and "gradient norm is inf" in err[0]
+    run_dir = tmp_path / "run"
+    assert len(read_records(run_dir / "metrics.jsonl")) == 1
+    assert not (run_dir / "models").exists() and not (run_dir / LOCK_NAME).exists()
+
+    assert main([*argv, "--resume"]) == 0
+    records = read_records(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) for r in records)
+    assert (run_dir / "models" / "mars").is_dir()
