@@ -318,7 +318,8 @@ class RunCheckpoints:
         """Save ``state`` with ``checkpoint`` as its meta, and wait until it is on disk.
 
         Orbax writes into a temporary folder and renames it when complete, so a kill during
-        the save leaves the previous checkpoint as the latest.
+        the save leaves the previous checkpoint as the latest. In a multi-process job every
+        process must call it (sharded arrays are gathered), and process 0 alone writes.
 
         Raises:
           MarsError: the disk is full or the folder is not writable (the previous checkpoint
