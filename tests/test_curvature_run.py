@@ -151,8 +151,7 @@ def test_ensemble_curvature_is_that_of_the_mean_reward_over_all_heads(run, tmp_p
         "ensemble",
         "base",
         tmp_path / "r.json",
-        "curvature.float64=true",
-        "curvature.lanczos_order=40",
+        "curvature.lanczos_order=30",
     )
     model, params = _params(run_dir, "ensemble", config)
     assert jax.tree.leaves(params)[0].shape[0] == 2
@@ -171,4 +170,4 @@ def test_ensemble_curvature_is_that_of_the_mean_reward_over_all_heads(run, tmp_p
     eigenvalues = np.linalg.eigvalsh((hessian + hessian.T) / 2)
     assert entry["num_pairs"] == data.base.chosen.shape[0]
     top = entry["hessian"]["top_eigenvalues"]["eigenvalues"][0]
-    assert top == pytest.approx(eigenvalues[-1], rel=1e-4)
+    assert top == pytest.approx(eigenvalues[-1], rel=1e-3)
