@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from mars_jax import __version__
 from mars_jax.checkpoint import named_leaves, tree_shapes
@@ -157,13 +158,21 @@ class RunCheckpoints:
         (Orbax's ``read_only`` option is not used: it logs warnings on stderr.)
         """
         if write not in self._managers:
+            options: dict[str, Any] = {"create": write}
+            if jax.process_count() > 1:  # process 0 alone writes (see save)
+                options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+                    primary_host=0, active_processes={0}
+                )
+                if write:  # Orbax creates no folder for a subset of the processes
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                options["create"] = False
             self._managers[write] = ocp.CheckpointManager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(
                     max_to_keep=_MAX_TO_KEEP,
                     enable_async_checkpointing=False,
-                    create=write,
                     cleanup_tmp_directories=write,  # what a kill left of a save
+                    **options,
                 ),
             )
         return self._managers[write]
@@ -309,7 +318,8 @@ class RunCheckpoints:
         """Save ``state`` with ``checkpoint`` as its meta, and wait until it is on disk.
 
         Orbax writes into a temporary folder and renames it when complete, so a kill during
-        the save leaves the previous checkpoint as the latest.
+        the save leaves the previous checkpoint as the latest. In a multi-process job every
+        process must call it (sharded arrays are gathered), and process 0 alone writes.
 
         Raises:
           MarsError: the disk is full or the folder is not writable (the previous checkpoint
@@ -323,6 +333,12 @@ class RunCheckpoints:
         }
         if state.synthetic_rows.size:
             tree["synthetic_rows"] = state.synthetic_rows
+        if jax.process_count() > 1:
+            tree = _host_local(tree)
+            if jax.process_index() != 0:
+                # Orbax writes numpy arrays from process 0 only, and refuses host-local
+                # jax arrays on several hosts: process 0 alone keeps the run's checkpoints.
+                return
         shapes = {name: list(shape) for name, shape in tree_shapes(tree).items()}
         meta = dataclasses.replace(checkpoint, shapes=shapes, digest=state_digest(tree)).to_json()
         try:
@@ -470,3 +486,15 @@ def _first_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | N
             if old.get(key) != new.get(key):
                 return f"{section}.{key}: {old.get(key)!r} in the run, {new.get(key)!r} now"
     return None
+
+
+def _host_local(tree: Any) -> Any:
+    """Every leaf as a numpy array of its full value; arrays sharded over several hosts are
+    gathered first (a collective: every process calls it in the same order)."""
+
+    def local(leaf: Any) -> np.ndarray:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
+        return np.asarray(leaf)
+
+    return jax.tree.map(local, tree)
