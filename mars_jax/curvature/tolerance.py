@@ -63,9 +63,11 @@ __all__ = [
 
 TRACE_METHODS = ("deflated", "hutchinson")
 # Basis rows read per block of the reorthogonalisation: the cost follows the rows written so
-# far, not the buffer (on the benchmark's MLP head, 30 steps in a 150-vector buffer took 0.26 s
-# of CPU time this way against 0.49 s reorthogonalising against the whole buffer).
-CHUNK = 16
+# far, not the buffer. On the benchmark's MLP head, 30 Lanczos steps in a 150-vector buffer
+# took 0.75 s reorthogonalising twice against the whole buffer, 0.39 s twice in 16-row blocks,
+# 0.33 s once (a second pass only after cancellation) in 8-row blocks, and the 30 bare
+# products 0.23 s (medians of 7 to 15 runs, at a load of 5 to 7 on 2 cores).
+CHUNK = 8
 _INVERSE_ITERATION_SEED = 0x1A7
 
 
