@@ -245,9 +245,9 @@ def top_eigenvalues(
     between ``theta_i`` and the rest of the spectrum of ``A``, and the distance to the next
     Ritz value overestimates it as long as an eigenvalue of ``A`` close to ``theta_i`` is not
     yet represented by a Ritz value (a cluster), which Krylov data cannot detect. On dense
-    float64 test problems (13 spectra with clustered, dense or isolated ends, 3 seeds, ``k``
-    from 1 to 3, tolerances 1e-1 to 1e-6: 1,365 runs) a stop on
-    ``r_i**2 / (distance to the next Ritz value)`` returned, in 58 of its 1,353 converged
+    float64 test problems (``benchmarks/stopping_rules.py``: 13 spectra with clustered, dense
+    or isolated ends, 3 seeds, ``k`` from 1 to 3, tolerances 1e-1 to 1e-6; 1,365 runs) a stop
+    on ``r_i**2 / (distance to the next Ritz value)`` returned, in 58 of its 1,353 converged
     runs, a value farther than the tolerance from every eigenvalue of ``A`` (up to 336 times
     the tolerance); the residual test never did (at most 0.48 of it).
 
