@@ -19,6 +19,8 @@ from mars_jax.curvature import (
     tree_dot,
     tree_random_like,
 )
+from mars_jax.curvature.krylov import _orthogonalize, lanczos_init
+from mars_jax.curvature.trees import stack_orthonormalize
 
 LIKE = {"kernel": jnp.zeros((4, 10)), "bias": jnp.zeros(20)}
 SIZE = 60
@@ -130,6 +132,51 @@ def test_breakdown_restarts_without_nan(reorthogonalize):
     # Every Ritz value is one of the eigenvalues, each found once per block.
     np.testing.assert_allclose(result.eigenvalues, np.repeat(distinct[::-1], 3), atol=1e-5)
     np.testing.assert_allclose(result.residuals, 0.0, atol=1e-5)
+
+
+def flat_rows(stack, count):
+    """The first ``count`` rows of a stack as a ``[count, P]`` float64 array."""
+    rows = [ravel_pytree(jax.tree.map(lambda s, i=i: s[i], stack))[0] for i in range(count)]
+    return np.asarray(np.stack(rows), np.float64)
+
+
+def test_float32_basis_stays_orthonormal_to_full_order():
+    # One Gram-Schmidt pass per step (a second only after cancellation) keeps V orthonormal
+    # to float32 precision all the way to order = P, where the last residuals are tiny.
+    matrix = jnp.asarray(indefinite_matrix(7), jnp.float32)
+    matvec = functools.partial(dense_matvec, matrix=matrix)
+    init = tree_random_like(jax.random.key(7), LIKE)
+    result = jax.jit(functools.partial(lanczos, matvec, order=SIZE, return_basis=True))(init)
+    basis = flat_rows(result.basis, SIZE)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(SIZE), atol=1e-5)
+    np.testing.assert_allclose(
+        np.sort(np.linalg.eigvalsh(basis @ matrix @ basis.T)),
+        np.linalg.eigvalsh(np.asarray(matrix, np.float64)),
+        atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_second_gram_schmidt_pass_after_cancellation(chunk):
+    # A vector 1e-4 away from the span of the basis: one classical Gram-Schmidt pass leaves
+    # components of about eps / 1e-4 = 1e-3 along the basis; the second pass removes them.
+    like = jax.tree.map(lambda leaf: leaf.astype(jnp.float32), LIKE)
+    rows = stack_orthonormalize(
+        jax.vmap(lambda key: tree_random_like(key, like, kind="normal"))(
+            jax.random.split(jax.random.key(9), 5)
+        )
+    )
+    carry = lanczos_init(jax.tree.map(lambda s: s[0], rows), 5, keep_basis=True)._replace(
+        basis=rows
+    )
+    noise = tree_random_like(jax.random.key(10), like, kind="normal")
+    vector = jax.tree.map(lambda s, n: s[0] + s[3] + 1e-4 * n, rows, noise)
+    projected = jax.jit(
+        functools.partial(_orthogonalize, reorthogonalize=True, chunk=chunk),
+    )(vector, carry, carry.current, jnp.int32(4))
+    coefficients = flat_rows(rows, 5) @ np.asarray(ravel_pytree(projected)[0], np.float64)
+    norm = float(tree_dot(projected, projected)) ** 0.5
+    assert np.max(np.abs(coefficients)) <= 1e-5 * norm
 
 
 def test_exact_breakdown_on_a_multiple_of_the_identity():

@@ -9,7 +9,8 @@ of :mod:`mars_jax.curvature.density`. The loop is a ``lax.fori_loop``: the opera
 traced once, so compile time does not grow with ``order``.
 
 Full reorthogonalisation (the default) removes the components of each new vector along all
-earlier ones, twice (classical Gram-Schmidt twice), which keeps ``V`` orthonormal and the
+earlier ones (classical Gram-Schmidt, a second pass when the first cancelled most of the
+vector: "twice is enough"), which keeps ``V`` orthonormal and the
 Ritz values free of spurious copies, at ``O(m P)`` memory for the basis. Without it only
 the last two vectors are kept (``O(P)`` memory), as in textbook Lanczos.
 
@@ -53,6 +54,7 @@ __all__ = [
 
 WHICH = ("largest", "smallest", "magnitude")
 _RESTART_SEED = 0x5EED
+_REFINE = 0.5**0.5  # a second Gram-Schmidt pass below this fraction of the norm
 
 
 class LanczosResult(NamedTuple):
@@ -117,7 +119,7 @@ def lanczos(
       matvec: symmetric ``A``: ``matvec(vector) -> vector``.
       init_vector: nonzero pytree to start from (normalised here).
       order: number of steps ``m`` (static, ``1 <= m <= P``).
-      reorthogonalize: Gram-Schmidt (twice) against the whole basis at every step.
+      reorthogonalize: Gram-Schmidt against the whole basis at every step (twice when needed).
       return_basis: also return the basis (``m`` vectors; kept anyway when
         reorthogonalising).
 
@@ -210,16 +212,28 @@ def _orthogonalize(
     reorthogonalize: bool,
     chunk: int | None,
 ) -> PyTree:
-    """``vector`` without its components along the basis (twice), or the last two vectors."""
-    if reorthogonalize and chunk is not None:
-        for _ in range(2):
-            vector = project_out_rows(carry.basis, vector, step + 1, chunk=chunk)
+    """``vector`` without its components along the basis, or along the last two vectors.
+
+    Against the basis: one classical Gram-Schmidt pass, and a second only when the first
+    cancelled most of the vector (its norm fell below ``1/sqrt(2)`` of what it was: the
+    Daniel-Gragg-Kaufman-Stewart criterion, as in ARPACK). A Lanczos residual is nearly
+    orthogonal to the basis already, so the second pass is rarely needed; skipping it halves
+    the reorthogonalisation's reads of the basis.
+    """
+    if not reorthogonalize:
+        for known in (carry.previous, current):
+            vector = tree_axpy(-tree_dot(known, vector), known, vector)
         return vector
-    if reorthogonalize:
-        return stack_project_out(carry.basis, stack_project_out(carry.basis, vector))
-    for known in (carry.previous, current):
-        vector = tree_axpy(-tree_dot(known, vector), known, vector)
-    return vector
+
+    def project(vector: PyTree) -> PyTree:
+        if chunk is None:
+            return stack_project_out(carry.basis, vector)
+        return project_out_rows(carry.basis, vector, step + 1, chunk=chunk)
+
+    before = tree_norm(vector)
+    vector = project(vector)
+    cancelled = tree_norm(vector) < _REFINE * before
+    return jax.lax.cond(cancelled, project, lambda v: v, vector)
 
 
 def lanczos_step(
