@@ -243,3 +243,17 @@ def test_an_infinite_gradient_stops_the_run_with_one_line_and_it_resumes(tmp_pat
     assert [r["round"] for r in records] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) for r in records)
     assert (run_dir / "models" / "mars").is_dir()
+
+
+def test_a_multi_process_run_refuses_to_resume_before_writing(tmp_path, monkeypatch, capsys):
+    """Process 0 alone keeps checkpoints, so a resumed multi-host run would diverge."""
+    out = tmp_path / "run"
+    argv = ["run", TINY, 'refine.methods=["none"]', "--out", str(out), "--resume"]
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+
+    assert main(argv) == 2
+
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--resume: a run of 2 processes cannot resume yet" in err
+    assert not (out / "config.json").exists() and not (out / "metrics.jsonl").exists()

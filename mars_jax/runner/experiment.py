@@ -232,6 +232,11 @@ def _open_run(
     """
     start = _RunStart()
     found = None
+    if resume and jax.process_count() > 1:
+        raise MarsError(
+            f"--resume: a run of {jax.process_count()} processes cannot resume yet (process 0 "
+            "alone keeps checkpoints); start it again with a new --out"
+        )
     if resume:
 
         def check(point: Checkpoint) -> None:
