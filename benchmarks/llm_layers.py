@@ -10,6 +10,7 @@ on the validation accuracy only; held-out is reported beside it, never tuned on.
 
   python benchmarks/llm_layers.py configs/tldr.toml data.encoder=SmolLM2-135M-Instruct \\
       data.max_length=192 data.representation=response --out benchmarks/results/realtext/x.jsonl
+  python benchmarks/llm_layers.py --table benchmarks/results/realtext/x.jsonl
   python benchmarks/llm_layers.py --smoke     # a tiny random Llama (used by a test)
 """
 
@@ -22,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -123,7 +125,11 @@ def sweep(config_path: str | None, base: list[str], args: argparse.Namespace) ->
     records = []
     for layer in layers:
         layer_overrides = [*base, f"data.layer={layer}"]
-        built = build_data(load_config(config_path, layer_overrides))
+        # The run's own data builder, handed this backbone at the layer (the weights loaded and
+        # fingerprinted once) instead of reopening data.encoder for every layer.
+        at_layer = backbone.at_layer(layer)
+        with mock.patch("mars_jax.data.text.open_backbone", return_value=at_layer):
+            built = build_data(load_config(config_path, layer_overrides))
         for seed in args.seeds:
             overrides = [
                 *layer_overrides,
@@ -163,7 +169,8 @@ def sweep(config_path: str | None, base: list[str], args: argparse.Namespace) ->
 
 def table(records: list[dict]) -> str:
     """A markdown table: per layer, validation and held-out accuracy in % (mean over seeds)
-    and the floors; the layer of best validation accuracy (ties: the deeper) is marked."""
+    and the floors; the layer of best validation accuracy among those with the most seeds
+    (ties: the deeper) is marked."""
     by_layer: dict[int, list[dict]] = {}
     for record in records:
         by_layer.setdefault(record["layer"], []).append(record)
@@ -171,7 +178,11 @@ def table(records: list[dict]) -> str:
     validation = {
         layer: mean(rows, lambda r: r["validation"] or 0.0) for layer, rows in by_layer.items()
     }
-    chosen = max(validation, key=lambda layer: (validation[layer], layer))
+    most = max(len(rows) for rows in by_layer.values())
+    chosen = max(
+        (layer for layer, rows in by_layer.items() if len(rows) == most),
+        key=lambda layer: (validation[layer], layer),
+    )
     lines = [
         "| layer | seeds | validation % | held-out % | length floor % | probe floor % |",
         "|---|---|---|---|---|---|",
@@ -234,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out")
     parser.add_argument("--smoke", action="store_true", help="a tiny random Llama, seconds")
+    parser.add_argument("--table", nargs="+", help="print the table of these JSON-lines files")
     args = parser.parse_args(argv)
+    if args.table:
+        lines = [line for path in args.table for line in Path(path).read_text().splitlines()]
+        print(table([json.loads(line) for line in lines]))
+        return 0
     if args.smoke:
         return smoke(args)
     return 0 if sweep(args.config, args.overrides, args) else 1
