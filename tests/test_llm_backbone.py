@@ -285,3 +285,12 @@ def test_unknown_backbone_is_one_cli_error_line(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'SmolLM3' is not a known backbone" in err[0]
+
+
+def test_finetuned_bert_refuses_a_layer():
+    from mars_jax.runner.config import ConfigError, load_config
+    from mars_jax.runner.data import build_data
+
+    overrides = ["data.suite=pairs", "data.paths=['x.jsonl']", "model.finetune_encoder=true"]
+    with pytest.raises(ConfigError, match=r"^data\.layer: the fine-tuned BERT encoder"):
+        build_data(load_config(None, [*overrides, "data.layer=2"]))
