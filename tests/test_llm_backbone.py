@@ -1,15 +1,17 @@
 """The LLM reward backbone on a tiny random Llama: last-token features (left padding
-included), the embedding cache keyed by backbone, LoRA, and one-line errors on bad input."""
+included) at the last or an earlier block, the embedding cache keyed by backbone and layer,
+LoRA, and one-line errors on bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_realtext import write_length_pairs
+from test_realtext import tiny_bert, write_length_pairs
 from tiny_llama import TINY, random_hf_weights, train_tokenizer, write_tiny_model
 
 from mars_jax.data.text import represent
@@ -46,6 +48,58 @@ def _alone(backbone: LlamaFeatures, ids: list[int]) -> np.ndarray:
     cache = init_cache(backbone.config, 1, len(ids), jnp.float32)
     hidden, _ = forward(backbone.params, backbone.config, tokens, cache, 0, jnp.zeros(1, jnp.int32))
     return np.asarray(hidden[0, -1])
+
+
+def _cut_after(backbone: LlamaFeatures, block: int, ids: list[int]) -> np.ndarray:
+    """A plain forward of one unpadded sequence through the first ``block`` blocks only: the
+    final-normed hidden state of its last token."""
+    config = dataclasses.replace(backbone.config, num_layers=block)
+    params = {
+        **backbone.params,
+        "layers": jax.tree.map(lambda w: w[:block], backbone.params["layers"]),
+    }
+    tokens = jnp.asarray([ids], jnp.int32)
+    cache = init_cache(config, 1, len(ids), jnp.float32)
+    hidden, _ = forward(params, config, tokens, cache, 0, jnp.zeros(1, jnp.int32))
+    return np.asarray(hidden[0, -1])
+
+
+def test_layer_features_are_a_forward_cut_after_that_block(tiny, backbone):
+    texts = [chat_format().joined(p, r) for p, r in TEXTS]
+    token_ids = backbone.tokenize(texts)
+    first = LlamaFeatures(tiny[0], max_length=48, layer=1)
+    assert first.layer == 1 and LlamaFeatures(tiny[0], max_length=48, layer=-2).layer == 1
+    found = first.embed_texts(texts, batch_size=4, progress=False)  # left-padded batch
+    expected = np.stack([_cut_after(backbone, 1, ids) for ids in token_ids])
+    np.testing.assert_allclose(found, expected, atol=2e-5)
+    both = backbone.embed_layers(texts, [1, -1], batch_size=2, progress=False)
+    assert both.shape == (3, 2, backbone.dim)
+    np.testing.assert_allclose(both[:, 0], expected, atol=2e-5)
+    np.testing.assert_allclose(both[:, 1], backbone.embed_texts(texts, progress=False), atol=2e-5)
+    np.testing.assert_allclose(both[:, 1], [_alone(backbone, ids) for ids in token_ids], atol=2e-5)
+
+
+def test_layer_is_in_the_cache_key_unless_it_is_the_last(tiny, backbone):
+    assert backbone.layer == TINY["num_hidden_layers"] and "layer" not in backbone.identity
+    last = LlamaFeatures(tiny[0], max_length=48, layer=TINY["num_hidden_layers"])
+    assert last.cache_key == backbone.cache_key == backbone.at_layer(-1).cache_key
+    first = LlamaFeatures(tiny[0], max_length=48, layer=1)
+    assert first.identity == {**backbone.identity, "layer": 1}
+    assert first.cache_key == backbone.at_layer(-2).cache_key != backbone.cache_key
+    assert backbone.at_layer(1).params is backbone.params and backbone.layer == 2
+
+
+@pytest.mark.parametrize("layer", [0, 3, -3])
+def test_layer_beyond_the_blocks_is_one_line_error(tiny, layer):
+    with pytest.raises(MarsError, match=rf"^data\.layer: {layer} is not a block of this model "):
+        open_backbone(str(tiny[0]), layer=layer)
+
+
+def test_bert_backbone_refuses_a_layer(tmp_path):
+    tiny_bert.write_tiny_bert(tmp_path / "bert")
+    with pytest.raises(MarsError, match=r"^data\.layer: 1 is for LLM backbones"):
+        open_backbone(str(tmp_path / "bert"), layer=1)
+    assert open_backbone(str(tmp_path / "bert"), layer=-1).pooling == "mean"
 
 
 def test_features_are_the_last_token_hidden_state_with_left_padding(backbone):
@@ -231,3 +285,12 @@ def test_unknown_backbone_is_one_cli_error_line(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'SmolLM3' is not a known backbone" in err[0]
+
+
+def test_finetuned_bert_refuses_a_layer():
+    from mars_jax.runner.config import ConfigError, load_config
+    from mars_jax.runner.data import build_data
+
+    overrides = ["data.suite=pairs", "data.paths=['x.jsonl']", "model.finetune_encoder=true"]
+    with pytest.raises(ConfigError, match=r"^data\.layer: the fine-tuned BERT encoder"):
+        build_data(load_config(None, [*overrides, "data.layer=2"]))

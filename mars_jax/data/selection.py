@@ -87,6 +87,11 @@ class TextDataSettings:
         "token's final hidden state); 'auto' is mean for BERT, last for an LLM",
         choices=POOLING_CHOICES,
     )
+    layer: int = setting(
+        -1,
+        "LLM backbone: the block after which the last token's hidden state is read (final "
+        "RMSNorm applied); negative counts from the end, -1 is the last block (BERT: -1 only)",
+    )
     max_length: int = setting(128, "tokens per prompt + response (the prompt is cut first)", min=8)
     embed_batch_size: int = setting(64, "texts per batch of the embedding job", min=1)
     cache_dir: str = setting(

@@ -47,7 +47,14 @@ from mars_jax.models.tokenize import TextFormat
 from mars_jax.refine import RefineData
 from mars_jax.types import PairBatch, Pool, PyTree, ResponsePairs
 
-__all__ = ["Standardizer", "build_text_data", "directory_pool", "represent", "with_length"]
+__all__ = [
+    "Standardizer",
+    "build_text_data",
+    "directory_pool",
+    "prompts_and_responses",
+    "represent",
+    "with_length",
+]
 
 
 def directory_pool(
@@ -128,6 +135,14 @@ def represent(
     raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
 
 
+def prompts_and_responses(parts: Sequence[PairTable]) -> tuple[list[str], list[str]]:
+    """The ``2 * sum(N)`` prompts and responses a run embeds: each table's chosen responses,
+    then its rejected ones, table after table."""
+    sides = [(part, responses) for part in parts for responses in (part.chosen, part.rejected)]
+    prompts = [prompt for part, _ in sides for prompt in part.prompt]
+    return prompts, [response for _, side in sides for response in side]
+
+
 def with_length(vectors: np.ndarray, responses: Sequence[str]) -> np.ndarray:
     """``vectors`` ``[N, D]`` with one more column: ``log(1 + characters)`` of each response."""
     lengths = np.log1p([len(response) for response in responses]).astype(vectors.dtype)
@@ -171,7 +186,9 @@ def build_text_data(
     base, flipped = flip_labels(selection.base, rate=data.label_flip_rate, seed=data.seed)
     held = selection.held
 
-    encoder = open_backbone(data.encoder, pooling=data.pooling, max_length=data.max_length)
+    encoder = open_backbone(
+        data.encoder, pooling=data.pooling, max_length=data.max_length, layer=data.layer
+    )
     cache = EmbeddingCache(Path(data.cache_dir).expanduser())
     cache_stats = {"hits": 0, "misses": 0}
 
@@ -185,9 +202,7 @@ def build_text_data(
 
     validation = selection.validation
     parts = (base, held) if validation is None else (base, held, validation)
-    sides = [(part, responses) for part in parts for responses in (part.chosen, part.rejected)]
-    prompts = [prompt for part, _ in sides for prompt in part.prompt]
-    responses = [response for _, side in sides for response in side]
+    prompts, responses = prompts_and_responses(parts)
     vectors = represent(data.representation, prompts, responses, embed, encoder.text_format)
     if data.length_feature:
         vectors = with_length(vectors, responses)

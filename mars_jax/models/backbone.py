@@ -35,16 +35,22 @@ def backbone_pooling(kind: str, pooling: str) -> str:
 
 
 def open_backbone(
-    name_or_path: str, *, pooling: str = "auto", max_length: int = 128
+    name_or_path: str, *, pooling: str = "auto", max_length: int = 128, layer: int = -1
 ) -> TextEncoder | LlamaFeatures:
     """The frozen backbone ``name_or_path`` names, reading at most ``max_length`` tokens per
-    text, cut from the left (see :func:`~mars_jax.models.pretrained.resolve_backbone`).
+    text, cut from the left (see :func:`~mars_jax.models.pretrained.resolve_backbone`); an LLM
+    reads its features after block ``layer`` (-1: the last).
 
     Raises:
-      MarsError: an unknown or unsupported backbone, or a pooling that does not suit it.
+      MarsError: an unknown or unsupported backbone, a pooling that does not suit it, or a
+        layer other than -1 for a BERT encoder or beyond the LLM's blocks.
     """
     kind, path = resolve_backbone(name_or_path)
     pooling = backbone_pooling(kind, pooling)
     if kind == "llama":
-        return LlamaFeatures(path, max_length=max_length, pooling=pooling)
+        return LlamaFeatures(path, max_length=max_length, pooling=pooling, layer=layer)
+    if layer != -1:
+        raise MarsError(
+            f"data.layer: {layer} is for LLM backbones; a BERT encoder reads its last layer (-1)"
+        )
     return TextEncoder(path, pooling=pooling, max_length=max_length, truncation_side="left")

@@ -36,6 +36,7 @@ __all__ = [
     "forward",
     "forward_logits",
     "init_cache",
+    "last_slot_states",
     "output_logits",
 ]
 
@@ -154,6 +155,37 @@ def forward(
     Returns:
       The final-normed hidden states ``[B, T, D]`` and the updated cache.
     """
+    x, cache, _ = _run_blocks(params, config, tokens, cache, start, pad)
+    return rms_norm(x, params["final_norm"], config.rms_eps), cache
+
+
+def last_slot_states(
+    params: Params, config: LlamaConfig, tokens: jax.Array, pad: jax.Array
+) -> jax.Array:
+    """Hidden states ``[L, B, D]`` of the last slot of ``tokens`` ``[B, T]`` after each block.
+
+    One pass over a whole left-padded batch (``pad`` ``[B]``), no cache reuse; the states are
+    the residual stream before the final RMSNorm (``L = config.num_layers``: pass a config and
+    params cut to the first blocks to stop there).
+    """
+    batch, steps = tokens.shape
+    cache = init_cache(config, batch, steps, params["embed"].dtype)
+    _, _, states = _run_blocks(params, config, tokens, cache, 0, pad, keep_last=True)
+    return states
+
+
+def _run_blocks(
+    params: Params,
+    config: LlamaConfig,
+    tokens: jax.Array,
+    cache: KVCache,
+    start: jax.Array | int,
+    pad: jax.Array,
+    *,
+    keep_last: bool = False,
+) -> tuple[jax.Array, KVCache, jax.Array | None]:
+    """The blocks of :func:`forward`: hidden states ``[B, T, D]`` before the final norm, the
+    cache, and with ``keep_last`` the last slot's state after each block ``[L, B, D]``."""
     batch, steps = tokens.shape
     slots = jnp.broadcast_to(jnp.reshape(start, (-1, 1)) + jnp.arange(steps), (batch, steps))
     positions = jnp.maximum(slots - pad[:, None], 0)
@@ -165,12 +197,13 @@ def forward(
     x = params["embed"][tokens]
 
     def block(carry, layer_params):
-        return _block(config, carry, layer_params, start=start, cos=cos, sin=sin, mask=mask)
+        carry, _ = _block(config, carry, layer_params, start=start, cos=cos, sin=sin, mask=mask)
+        return carry, carry[0][:, -1] if keep_last else None
 
-    (x, keys, values, _), _ = lax.scan(
+    (x, keys, values, _), states = lax.scan(
         block, (x, cache.keys, cache.values, jnp.int32(0)), params["layers"]
     )
-    return rms_norm(x, params["final_norm"], config.rms_eps), KVCache(keys, values)
+    return x, KVCache(keys, values), states
 
 
 def output_logits(params: Params, config: LlamaConfig, hidden: jax.Array) -> jax.Array:

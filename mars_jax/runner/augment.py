@@ -45,7 +45,9 @@ def _embedder(config: Config):
     from mars_jax.models.embedding_cache import EmbeddingCache, embed_with_cache
 
     data = config.data
-    encoder = open_backbone(data.encoder, pooling=data.pooling, max_length=data.max_length)
+    encoder = open_backbone(
+        data.encoder, pooling=data.pooling, max_length=data.max_length, layer=data.layer
+    )
     cache = EmbeddingCache(Path(data.cache_dir).expanduser())
 
     def embed(texts: Sequence[str]):

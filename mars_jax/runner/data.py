@@ -34,6 +34,9 @@ def build_data(config: Config) -> tuple[RefineData, dict[str, Any]]:
     if config.data.suite == "pairs" and config.model.finetune_encoder:
         from mars_jax.data.tokens import build_token_data
 
+        if config.data.layer != -1:
+            raise ConfigError("data.layer: the fine-tuned BERT encoder reads its last layer (-1)")
+
         return build_token_data(text_settings(config))
     if config.data.suite == "pairs":
         from mars_jax.data.text import build_text_data
