@@ -1,4 +1,8 @@
-"""Files of a run directory: atomic JSON, and the plots drawn from the per-round records."""
+"""Files of a run directory: atomic JSON, and the plots drawn from the per-round records.
+
+The plot module (matplotlib, about a second of imports) is imported when a plot is drawn, so
+that runs without plots, bad-input errors and ``--help`` do not wait for it.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from mars_jax.runner.plots import (
-    plot_accuracy,
-    plot_margin_histograms,
-    plot_metric_rounds,
-    plot_spectral_densities,
-)
 from mars_jax.types import Records
 
 __all__ = ["compact_curvature", "write_curvature_plots", "write_plots"]
@@ -21,6 +19,8 @@ __all__ = ["compact_curvature", "write_curvature_plots", "write_plots"]
 
 def write_plots(plot_dir: Path, history: Records) -> None:
     """Held-out accuracy per round per method, and base-margin histograms per round."""
+    from mars_jax.runner.plots import plot_accuracy, plot_margin_histograms
+
     accuracy = {m: [r["heldout"]["accuracy"] for r in rounds] for m, rounds in history.items()}
     intervals = None
     if all("accuracy_lower" in r["heldout"] for rounds in history.values() for r in rounds):
@@ -61,6 +61,8 @@ def write_curvature_plots(plot_dir: Path, report_dir: Path, history: Records) ->
 
     Reads the per-round reports written to ``report_dir/METHOD/round-R.json``.
     """
+    from mars_jax.runner.plots import plot_metric_rounds, plot_spectral_densities
+
     reports = {
         method: [
             json.loads((report_dir / method / f"round-{r['round']}.json").read_text())
