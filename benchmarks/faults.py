@@ -66,7 +66,7 @@ DAMAGES = ("flip", "truncate", "missing-state", "garbled-meta")
 TIMEOUT = 300
 
 # ``mars-jax augment`` with the fake generator; each answered request's hash goes to
-# $FAKE_CALL_LOG (the same driver as tests/test_faults.py).
+# $FAKE_CALL_LOG (the driver of tests/test_faults.py, less its $FAKE_HOLD).
 AUGMENT_DRIVER = """
 import hashlib, json, os, sys
 sys.path.insert(0, sys.argv.pop(1))

@@ -354,9 +354,10 @@ AUGMENT_ARGS = [
 ]
 
 # ``mars-jax augment`` with the fake generator (bad replies included, so that retries run);
-# every answered request's hash is appended to $FAKE_CALL_LOG.
+# every answered request's hash is appended to $FAKE_CALL_LOG. With $FAKE_HOLD set, every
+# request waits until that file exists.
 AUGMENT_DRIVER = """
-import hashlib, json, os, sys
+import hashlib, json, os, sys, time
 sys.path.insert(0, sys.argv.pop(1))
 import augment_fakes
 from mars_jax.augment import generator as generators
@@ -364,6 +365,8 @@ from mars_jax.runner.cli import main
 
 class Logged(augment_fakes.FakeGenerator):
     def generate(self, prompts, **options):
+        while hold and not os.path.exists(hold):
+            time.sleep(0.01)
         replies = super().generate(prompts, **options)
         request = json.dumps([list(prompts), options], sort_keys=True).encode()
         fd = os.open(os.environ["FAKE_CALL_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -372,6 +375,7 @@ class Logged(augment_fakes.FakeGenerator):
         return replies
 
 delay = float(os.environ.get("FAKE_DELAY", "0"))
+hold = os.environ.get("FAKE_HOLD")
 generators.load_text_generator = lambda *args, **options: Logged(bad=True, delay=delay)
 sys.exit(main(sys.argv[1:]))
 """
@@ -475,20 +479,23 @@ def test_killed_pool_builds_resume_without_repeating_requests(
 
 def test_a_second_build_of_the_same_pool_refuses_at_once(env, pool_reference, tmp_path):
     pairs, reference_pool, _ = pool_reference
-    out = tmp_path / "pool"
-    run_env = {**env, "FAKE_CALL_LOG": str(tmp_path / "calls.log"), "FAKE_DELAY": "0.05"}
+    out, release = tmp_path / "pool", tmp_path / "release"
+    run_env = {**env, "FAKE_CALL_LOG": str(tmp_path / "calls.log"), "FAKE_HOLD": str(release)}
     first = subprocess.Popen(
         augment_command(pairs, out), env=run_env, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while not (out / LOCK_NAME).exists():
-        assert first.poll() is None, first.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    second = subprocess.run(
-        augment_command(pairs, out), env=run_env, capture_output=True, text=True, timeout=60
-    )
-    assert first.poll() is None, "the first build ended too soon to test"
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not (out / LOCK_NAME).exists():
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        second = subprocess.run(
+            augment_command(pairs, out), env=run_env, capture_output=True, text=True, timeout=60
+        )
+        assert first.poll() is None, "the first build ended before it was released"
+    finally:
+        release.touch()
     assert second.returncode == 2
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and "in use by another pool build" in lines[0], second.stderr
