@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import numpy as np
 
 from mars_jax.checkpoint import load_params, read_model_info
 from mars_jax.models.heads import init_members, mlp_reward_model
+from mars_jax.runner.cli import main
 from mars_jax.runner.locks import LOCK_NAME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +69,16 @@ def run(env, out: Path, *extra: str, driver: str | None = None) -> subprocess.Co
         timeout=RUN_TIMEOUT,
         cwd=out.parent,
     )
+
+
+def run_in_process(capsys, caplog, out: Path, *extra: str) -> tuple[int, str]:
+    """``mars-jax run ARGS --out OUT --quiet EXTRA`` through ``cli.main``: the exit status and
+    what a real process would print on stderr, log records of WARNING and up included."""
+    capsys.readouterr()
+    caplog.clear()
+    status = main(["run", *ARGS, "--out", str(out), "--quiet", *extra])
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    return status, capsys.readouterr().err + "".join(f"{line}\n" for line in logged)
 
 
 def reference_run(tmp_path_factory) -> Path:

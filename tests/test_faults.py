@@ -34,11 +34,11 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import load_benchmark
 from resume_runs import (
-    ARGS,
     TINY,
     assert_same_results,
     checkpoint_steps,
     reference_run,
+    run_in_process,
     subprocess_env,
 )
 
@@ -49,7 +49,6 @@ from mars_jax.models.embedding_cache import EmbeddingCache, embed_with_cache
 from mars_jax.models.heads import init_members
 from mars_jax.refine import RoundState
 from mars_jax.runner import logs
-from mars_jax.runner.cli import main
 from mars_jax.runner.config import load_config
 from mars_jax.runner.data import build_data
 from mars_jax.runner.experiment import build_trainer
@@ -78,13 +77,6 @@ def env():
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     return reference_run(tmp_path_factory)
-
-
-def _run_in_process(capsys, out: Path, *extra: str) -> tuple[int, str]:
-    """``mars-jax run ARGS --out OUT --quiet EXTRA`` through ``cli.main``: status, stderr."""
-    capsys.readouterr()
-    status = main(["run", *ARGS, "--out", str(out), "--quiet", *extra])
-    return status, capsys.readouterr().err
 
 
 def _files(directory: Path) -> dict[Path, bytes]:
@@ -126,11 +118,11 @@ def _damage(step_dir: Path, kind: str) -> None:
     "kind", ["flipped-array-bytes", "truncated-array-file", "missing-state", "garbled-meta"]
 )
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
-    reference, tmp_path, capsys, kind
+    reference, tmp_path, capsys, caplog, kind
 ):
     out = _finished_copy(reference, tmp_path / "run")
     _damage(out / "checkpoints" / "6", kind)
-    status, err = _run_in_process(capsys, out, "--resume")
+    status, err = run_in_process(capsys, caplog, out, "--resume")
     assert status == 0, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -140,12 +132,12 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     assert checkpoint_steps(out) == [5, 6]  # round 3 of mars saved again
 
 
-def test_no_intact_checkpoint_is_one_error_and_changes_nothing(reference, tmp_path, capsys):
+def test_no_intact_checkpoint_is_one_error_and_changes_nothing(reference, tmp_path, capsys, caplog):
     out = _finished_copy(reference, tmp_path / "run")
     _damage(out / "checkpoints" / "6", "flipped-array-bytes")
     _damage(out / "checkpoints" / "5", "missing-state")
     before = _files(out)
-    status, err = _run_in_process(capsys, out, "--resume")
+    status, err = run_in_process(capsys, caplog, out, "--resume")
     assert status == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -241,12 +233,12 @@ def _fail_at_nth_write(monkeypatch, target: str, nth: int) -> None:
 
 @pytest.mark.parametrize(("target", "nth"), [("checkpoint", 3), ("metrics", 4)])
 def test_full_disk_stops_cleanly_and_the_run_resumes(
-    reference, tmp_path, capsys, monkeypatch, target, nth
+    reference, tmp_path, capsys, caplog, monkeypatch, target, nth
 ):
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         _fail_at_nth_write(patch, target, nth)
-        status, err = _run_in_process(capsys, out)
+        status, err = run_in_process(capsys, caplog, out)
     assert status == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -256,7 +248,7 @@ def test_full_disk_stops_cleanly_and_the_run_resumes(
     assert checkpoint_steps(out) == ([1, 2] if target == "checkpoint" else [2, 3])
     assert not (out / LOCK_NAME).exists() and not (out / "summary.json").exists()
 
-    status, err = _run_in_process(capsys, out, "--resume")
+    status, err = run_in_process(capsys, caplog, out, "--resume")
     assert status == 0, err
     assert_same_results(out, reference)
 

@@ -29,6 +29,7 @@ from resume_runs import (
     command,
     reference_run,
     run,
+    run_in_process,
     subprocess_env,
 )
 
@@ -173,7 +174,7 @@ def test_sigkill_then_resume_ends_bitwise_equal(env, reference, tmp_path, after,
 
 
 def test_nan_stops_cleanly_and_the_checkpoint_resumes(
-    env, reference, tmp_path, capsys, monkeypatch
+    env, reference, tmp_path, capsys, caplog, monkeypatch
 ):
     """The NaN run is a real process; the refusals and resumes after it run in-process."""
     out = tmp_path / "run"
@@ -192,8 +193,7 @@ def test_nan_stops_cleanly_and_the_checkpoint_resumes(
     before = _files(out)
 
     def refusal(*extra: str) -> str:
-        status = main(["run", *ARGS, "--out", str(out), "--quiet", "--resume", *extra])
-        err = capsys.readouterr().err
+        status, err = run_in_process(capsys, caplog, out, "--resume", *extra)
         assert status == 2, err
         assert err.count("\n") == 1, err
         assert _files(out) == before
