@@ -61,11 +61,12 @@ AUGMENT_OVERRIDES = [
     "augment.max_retries=3",
 ]
 NUM_POOL_PAIRS = 40
+SMOKE_POOL_PAIRS = 16  # 4 chunks: a kill can still land before, between or inside them
 DAMAGES = ("flip", "truncate", "missing-state", "garbled-meta")
 TIMEOUT = 300
 
 # ``mars-jax augment`` with the fake generator; each answered request's hash goes to
-# $FAKE_CALL_LOG (the same driver as tests/test_faults.py).
+# $FAKE_CALL_LOG (the driver of tests/test_faults.py, less its $FAKE_HOLD).
 AUGMENT_DRIVER = """
 import hashlib, json, os, sys
 sys.path.insert(0, sys.argv.pop(1))
@@ -99,19 +100,22 @@ def _fakes():
 class Trials:
     """The references and the two kinds of trial, in a work folder."""
 
-    def __init__(self, work: Path, config: str) -> None:
+    def __init__(self, work: Path, config: str, num_pool_pairs: int = NUM_POOL_PAIRS) -> None:
         self.work = work
         self.config = config
+        self.num_pool_pairs = num_pool_pairs
+        # A compilation cache already set (the test suite's) is shared; else one of its own.
+        cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(work / "jax-cache")
         self.env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
             "JAX_PLATFORMS": "cpu",
-            "JAX_COMPILATION_CACHE_DIR": str(work / "jax-cache"),
+            "JAX_COMPILATION_CACHE_DIR": cache,
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
         }
         self.pairs = work / "pairs.jsonl"
-        table = _fakes().make_table(NUM_POOL_PAIRS)
+        table = _fakes().make_table(num_pool_pairs)
         rows = zip(table.prompt, table.chosen, table.rejected, strict=True)
         self.pairs.write_text(
             "".join(
@@ -197,7 +201,7 @@ class Trials:
 
     def pool_trial(self, rng: random.Random, out: Path) -> dict:
         """Kill a pool build, build again, compare, count repeated requests."""
-        kill_after = rng.randint(0, NUM_POOL_PAIRS // 4 - 2)  # chunks written
+        kill_after = rng.randint(0, self.num_pool_pairs // 4 - 2)  # chunks written
         delay = rng.uniform(0, 0.2)
         log = out.with_name(out.name + "-calls.log")
         env = {**self.env, "FAKE_CALL_LOG": str(log), "FAKE_DELAY": "0.03"}
@@ -308,7 +312,9 @@ def _pool(directory: Path) -> tuple:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="one trial of each kind")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one trial of each kind, a smaller pool"
+    )
     parser.add_argument("--trials", type=int, default=50, help="random trials (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random trials")
     parser.add_argument("--config", default=str(REPO / "configs" / "tiny.toml"))
@@ -325,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     with tempfile.TemporaryDirectory(prefix="mars-jax-faults-") as folder:
         work = Path(folder)
-        trials = Trials(work, args.config)
+        trials = Trials(work, args.config, SMOKE_POOL_PAIRS if args.smoke else NUM_POOL_PAIRS)
         for number in range(num_trials):
             kind = kinds[number] if kinds else rng.choice(["run", "pool"])
             out = work / f"trial-{number}"

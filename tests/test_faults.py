@@ -3,9 +3,11 @@
 Every fault must end either in a finished run equal to an uninterrupted one, or in one clear
 error line with the previous checkpoint (or the finished chunks) intact and resumable.
 Failures of the disk are injected (``OSError(ENOSPC)`` at the Nth write): the tests run as
-root, where a read-only ``chmod`` stops nothing. Runs go through the CLI in subprocesses with
-a shared JAX compilation cache (as tests/test_resume.py); pool builds use the fake generator
-of tests/augment_fakes.py, logging a hash of every request so that repeats can be counted.
+root, where a read-only ``chmod`` stops nothing. Runs go through ``cli.main`` in-process and
+are compared with the uninterrupted reference run of tests/resume_runs.py (a subprocess);
+kills, locks and concurrent writers are real subprocesses sharing the test run's JAX
+compilation cache. Pool builds use the fake generator of tests/augment_fakes.py, logging a
+hash of every request so that repeats can be counted.
 """
 
 from __future__ import annotations
@@ -21,14 +23,24 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import load_benchmark
+from resume_runs import (
+    TINY,
+    assert_same_results,
+    checkpoint_steps,
+    reference_run,
+    run_in_process,
+    subprocess_env,
+)
 
 from mars_jax.augment import builder
 from mars_jax.data.pool import read_pool
@@ -36,6 +48,7 @@ from mars_jax.errors import MarsError
 from mars_jax.models.embedding_cache import EmbeddingCache, embed_with_cache
 from mars_jax.models.heads import init_members
 from mars_jax.refine import RoundState
+from mars_jax.runner import logs
 from mars_jax.runner.config import load_config
 from mars_jax.runner.data import build_data
 from mars_jax.runner.experiment import build_trainer
@@ -43,8 +56,6 @@ from mars_jax.runner.locks import LOCK_NAME
 from mars_jax.runner.resume import Checkpoint, DamagedCheckpointError, RunCheckpoints
 
 TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
-TINY = str(REPO / "configs" / "tiny.toml")
 RUN_TIMEOUT = 120
 
 
@@ -55,29 +66,17 @@ def _load(name: str, path: Path):
     return module
 
 
-resume = _load("resume_checks", TESTS / "test_resume.py")  # its helpers, not its tests
 fakes = _load("augment_fakes", TESTS / "augment_fakes.py")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax-cache")
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
+def env():
+    return subprocess_env()
 
 
 @pytest.fixture(scope="module")
-def reference(env, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference") / "run"
-    result = resume._run(env, out)
-    assert result.returncode == 0, result.stderr
-    return out
+def reference(tmp_path_factory):
+    return reference_run(tmp_path_factory)
 
 
 def _files(directory: Path) -> dict[Path, bytes]:
@@ -118,28 +117,30 @@ def _damage(step_dir: Path, kind: str) -> None:
 @pytest.mark.parametrize(
     "kind", ["flipped-array-bytes", "truncated-array-file", "missing-state", "garbled-meta"]
 )
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(env, reference, tmp_path, kind):
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    reference, tmp_path, capsys, caplog, kind
+):
     out = _finished_copy(reference, tmp_path / "run")
     _damage(out / "checkpoints" / "6", kind)
-    result = resume._run(env, out, "--resume")
-    assert result.returncode == 0, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    status, err = run_in_process(capsys, caplog, out, "--resume")
+    assert status == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert "warning: damaged checkpoint" in lines[0] and "checkpoints/6" in lines[0]
     assert "resuming from checkpoint 5" in lines[0] and len(lines[0]) < 600
-    resume.assert_same_results(out, reference)
-    assert resume._checkpoint_steps(out) == [5, 6]  # round 3 of mars saved again
+    assert_same_results(out, reference)
+    assert checkpoint_steps(out) == [5, 6]  # round 3 of mars saved again
 
 
-def test_no_intact_checkpoint_is_one_error_and_changes_nothing(env, reference, tmp_path):
+def test_no_intact_checkpoint_is_one_error_and_changes_nothing(reference, tmp_path, capsys, caplog):
     out = _finished_copy(reference, tmp_path / "run")
     _damage(out / "checkpoints" / "6", "flipped-array-bytes")
     _damage(out / "checkpoints" / "5", "missing-state")
     before = _files(out)
-    result = resume._run(env, out, "--resume")
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    status, err = run_in_process(capsys, caplog, out, "--resume")
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
     assert "no intact checkpoint to resume from" in lines[0]
     assert "checkpoints/6" in lines[0] and "checkpoints/5" in lines[0]
     assert _files(out) == before and not (out / LOCK_NAME).exists()
@@ -193,62 +194,63 @@ def test_digest_catches_state_files_that_orbax_reads_without_complaint(tmp_path)
 
 # --- a full disk during a checkpoint save or a metrics line ----------------------------
 
-# Runs the CLI with one write failing with ENOSPC: the Nth checkpoint save, or the Nth
-# metrics line (after half of the line reached the file). A save cut short inside Orbax (its
-# temporary folder left behind) is what a kill during a save leaves; tests/test_resume.py and
-# benchmarks/faults.py cover that.
-DISK_FULL_DRIVER = """
-import errno, os, sys, types
-import orbax.checkpoint as ocp
-from mars_jax.runner import logs
-from mars_jax.runner.cli import main
+# The CLI runs in-process with one write failing with ENOSPC: the Nth checkpoint save, or the
+# Nth metrics line (after half of the line reached the file). A save cut short inside Orbax
+# (its temporary folder left behind) is what a kill during a save leaves;
+# tests/test_resume.py and benchmarks/faults.py cover that.
 
-target, nth = os.environ["FAIL_TARGET"], int(os.environ["FAIL_AT"])
-calls = []
 
-def full():
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+def _fail_at_nth_write(monkeypatch, target: str, nth: int) -> None:
+    calls = []
 
-if target == "checkpoint":
-    real_save = ocp.CheckpointManager.save
-    def save(self, step, *args, **kwargs):
-        calls.append(step)
-        if len(calls) == nth:
-            raise full()
-        return real_save(self, step, *args, **kwargs)
-    ocp.CheckpointManager.save = save
-else:
-    names = [name for name in dir(os) if not name.startswith("__")]
-    fake_os = types.SimpleNamespace(**{name: getattr(os, name) for name in names})
-    def write(fd, data):
-        calls.append(1)
-        if len(calls) == nth:
-            os.write(fd, data[: len(data) // 2])
-            raise full()
-        return os.write(fd, data)
-    fake_os.write = write
-    logs.os = fake_os
-sys.exit(main(sys.argv[1:]))
-"""
+    def full():
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if target == "checkpoint":
+        real_save = ocp.CheckpointManager.save
+
+        def save(self, step, *args, **kwargs):
+            calls.append(step)
+            if len(calls) == nth:
+                raise full()
+            return real_save(self, step, *args, **kwargs)
+
+        monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    else:
+        names = [name for name in dir(os) if not name.startswith("__")]
+        fake_os = types.SimpleNamespace(**{name: getattr(os, name) for name in names})
+
+        def write(fd, data):
+            calls.append(1)
+            if len(calls) == nth:
+                os.write(fd, data[: len(data) // 2])
+                raise full()
+            return os.write(fd, data)
+
+        fake_os.write = write
+        monkeypatch.setattr(logs, "os", fake_os)
 
 
 @pytest.mark.parametrize(("target", "nth"), [("checkpoint", 3), ("metrics", 4)])
-def test_full_disk_stops_cleanly_and_the_run_resumes(env, reference, tmp_path, target, nth):
+def test_full_disk_stops_cleanly_and_the_run_resumes(
+    reference, tmp_path, capsys, caplog, monkeypatch, target, nth
+):
     out = tmp_path / "run"
-    failing = {**env, "FAIL_TARGET": target, "FAIL_AT": str(nth)}
-    result = resume._run(failing, out, driver=DISK_FULL_DRIVER)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    with monkeypatch.context() as patch:
+        _fail_at_nth_write(patch, target, nth)
+        status, err = run_in_process(capsys, caplog, out)
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
     assert "No space left on device" in lines[0] and "--resume" in lines[0]
     where = "checkpoints/3: cannot save the checkpoint" if target == "checkpoint" else "metrics"
     assert where in lines[0]
-    assert resume._checkpoint_steps(out) == [1, 2] if target == "checkpoint" else [2, 3]
+    assert checkpoint_steps(out) == ([1, 2] if target == "checkpoint" else [2, 3])
     assert not (out / LOCK_NAME).exists() and not (out / "summary.json").exists()
 
-    resumed = resume._run(env, out, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    resume.assert_same_results(out, reference)
+    status, err = run_in_process(capsys, caplog, out, "--resume")
+    assert status == 0, err
+    assert_same_results(out, reference)
 
 
 # --- the embedding cache: a full disk, and several writers -----------------------------
@@ -344,9 +346,10 @@ AUGMENT_ARGS = [
 ]
 
 # ``mars-jax augment`` with the fake generator (bad replies included, so that retries run);
-# every answered request's hash is appended to $FAKE_CALL_LOG.
+# every answered request's hash is appended to $FAKE_CALL_LOG. With $FAKE_HOLD set, every
+# request waits until that file exists.
 AUGMENT_DRIVER = """
-import hashlib, json, os, sys
+import hashlib, json, os, sys, time
 sys.path.insert(0, sys.argv.pop(1))
 import augment_fakes
 from mars_jax.augment import generator as generators
@@ -354,6 +357,8 @@ from mars_jax.runner.cli import main
 
 class Logged(augment_fakes.FakeGenerator):
     def generate(self, prompts, **options):
+        while hold and not os.path.exists(hold):
+            time.sleep(0.01)
         replies = super().generate(prompts, **options)
         request = json.dumps([list(prompts), options], sort_keys=True).encode()
         fd = os.open(os.environ["FAKE_CALL_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -362,6 +367,7 @@ class Logged(augment_fakes.FakeGenerator):
         return replies
 
 delay = float(os.environ.get("FAKE_DELAY", "0"))
+hold = os.environ.get("FAKE_HOLD")
 generators.load_text_generator = lambda *args, **options: Logged(bad=True, delay=delay)
 sys.exit(main(sys.argv[1:]))
 """
@@ -465,20 +471,23 @@ def test_killed_pool_builds_resume_without_repeating_requests(
 
 def test_a_second_build_of_the_same_pool_refuses_at_once(env, pool_reference, tmp_path):
     pairs, reference_pool, _ = pool_reference
-    out = tmp_path / "pool"
-    run_env = {**env, "FAKE_CALL_LOG": str(tmp_path / "calls.log"), "FAKE_DELAY": "0.05"}
+    out, release = tmp_path / "pool", tmp_path / "release"
+    run_env = {**env, "FAKE_CALL_LOG": str(tmp_path / "calls.log"), "FAKE_HOLD": str(release)}
     first = subprocess.Popen(
         augment_command(pairs, out), env=run_env, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while not (out / LOCK_NAME).exists():
-        assert first.poll() is None, first.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    second = subprocess.run(
-        augment_command(pairs, out), env=run_env, capture_output=True, text=True, timeout=60
-    )
-    assert first.poll() is None, "the first build ended too soon to test"
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not (out / LOCK_NAME).exists():
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        second = subprocess.run(
+            augment_command(pairs, out), env=run_env, capture_output=True, text=True, timeout=60
+        )
+        assert first.poll() is None, "the first build ended before it was released"
+    finally:
+        release.touch()
     assert second.returncode == 2
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and "in use by another pool build" in lines[0], second.stderr

@@ -1,9 +1,10 @@
 """Exact resume after SIGKILL, the run-directory lock, the NaN guard and metrics.jsonl repair.
 
-Runs go through the real CLI in subprocesses (``python -m mars_jax.runner.cli``) sharing a JAX
-persistent compilation cache, so only the first process pays for compilation. A resumed
-run must end bitwise equal to an uninterrupted one: the final parameters of every method
-and every metrics line apart from its timing fields.
+Kills, locks and the NaN run go through the real CLI in subprocesses sharing the test run's
+JAX compilation cache (tests/resume_runs.py); refusals and resumes after the NaN stop run
+in-process through ``cli.main``. A resumed run must end bitwise equal to an uninterrupted one
+(a separate process): the final parameters of every method and every metrics line apart from
+its timing fields.
 """
 
 from __future__ import annotations
@@ -18,30 +19,26 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
+from resume_runs import (
+    ARGS,
+    RUN_TIMEOUT,
+    assert_same_results,
+    checkpoint_steps,
+    command,
+    reference_run,
+    run,
+    run_in_process,
+    subprocess_env,
+)
 
-from mars_jax.checkpoint import load_params, read_model_info
 from mars_jax.errors import MarsError
-from mars_jax.models.heads import init_members, mlp_reward_model
+from mars_jax.runner import data as data_module
+from mars_jax.runner import resume
+from mars_jax.runner.cli import main
 from mars_jax.runner.locks import LOCK_NAME, RunLock
 from mars_jax.runner.logs import MetricsLog, read_records
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = str(REPO / "configs" / "tiny.toml")
-METHODS = ("uniform", "mars")
-ARGS = [
-    TINY,
-    'refine.methods=["uniform", "mars"]',
-    "refine.rounds=3",
-    "refine.synthetic_set=cumulative",
-    "data.num_heldout_pairs=50",
-    "eval.num_bootstrap=0",
-    "output.plots=false",
-]
-TIMING_FIELDS = ("timings", "seconds")
-RUN_TIMEOUT = 120
 
 # Injects a NaN into the weights of step 3 of the third training call (round 2 of the first
 # method: calls are warm-up, round 1, round 2), then runs the CLI. No production hook needed.
@@ -107,28 +104,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-# Resumes as a run of another library version, or of data with one number edited under the
-# same config, then runs the CLI.
-PATCH_DRIVER = """
-import sys
-import numpy as np
-from mars_jax.runner import data as data_module, resume
-from mars_jax.runner.cli import main
-
-if PATCH == "version":
-    resume.__version__ = "0.0.0-other"
-else:
-    real = data_module.build_data
-    def edited(config):
-        data, info = real(config)
-        chosen = np.array(data.base.chosen)
-        chosen[0, 0] += 1.0
-        return data._replace(base=data.base._replace(chosen=chosen)), info
-    data_module.build_data = edited
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 # Holds the run after its first checkpoint: writes HELD, then sleeps until interrupted.
 # SIGINT raises KeyboardInterrupt as in a foreground run (a shell starts background jobs with
 # SIGINT ignored, and children inherit that).
@@ -159,82 +134,17 @@ def _kill_driver(after: int, *, inside: bool) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    # The test run's cache when conftest set one, so the runs share its programs.
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or tmp_path_factory.mktemp("jax-cache")
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
-
-
-def _command(out: Path, *extra: str, driver: str | None = None) -> list[str]:
-    head = (
-        [sys.executable, "-c", driver] if driver else [sys.executable, "-m", "mars_jax.runner.cli"]
-    )
-    return [*head, "run", *ARGS, "--out", str(out), "--quiet", *extra]
-
-
-def _run(env, out: Path, *extra: str, driver: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        _command(out, *extra, driver=driver),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        cwd=out.parent,
-    )
+def env():
+    return subprocess_env()
 
 
 @pytest.fixture(scope="module")
-def reference(env, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference") / "run"
-    result = _run(env, out)
-    assert result.returncode == 0, result.stderr
-    return out
+def reference(tmp_path_factory):
+    return reference_run(tmp_path_factory)
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
-
-
-def _params(run_dir: Path, method: str):
-    folder = run_dir / "models" / method
-    info = read_model_info(folder)
-    model = mlp_reward_model(8, [16])
-    like = jax.eval_shape(lambda: init_members(model, jax.random.key(0), info["num_members"]))
-    return info, load_params(folder, like)
-
-
-def assert_same_results(run_dir: Path, reference: Path) -> None:
-    """Bitwise equal params of every method, equal metrics apart from timings."""
-    assert _metrics(run_dir) == _metrics(reference)
-    assert len(_metrics(run_dir)) == len(METHODS) * 3
-    for method in METHODS:
-        info, params = _params(run_dir, method)
-        ref_info, ref_params = _params(reference, method)
-        assert info == ref_info
-        for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
-            assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
-    summary = json.loads((run_dir / "summary.json").read_text())
-    ref_summary = json.loads((reference / "summary.json").read_text())
-    for method in METHODS:
-        for key in ("rounds_run", "stop_reason", "budget_spent", "final", "accuracy_per_round"):
-            assert summary["methods"][method][key] == ref_summary["methods"][method][key]
-    assert not (run_dir / LOCK_NAME).exists()
-
-
-def _checkpoint_steps(run_dir: Path) -> list[int]:
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+def _files(directory: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize(
@@ -247,71 +157,86 @@ def test_sigkill_then_resume_ends_bitwise_equal(env, reference, tmp_path, after,
     after it, then resumes; no timing decides where the kill lands."""
     out = tmp_path / "run"
     # --resume on a new directory starts the run.
-    killed = _run(env, out, "--resume", driver=_kill_driver(after, inside=inside))
+    killed = run(env, out, "--resume", driver=_kill_driver(after, inside=inside))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "summary.json").exists() and (out / LOCK_NAME).exists()
     # The two newest checkpoints are kept.
-    assert _checkpoint_steps(out) == ([after - 1, after] if after > 1 else [1])
+    assert checkpoint_steps(out) == ([after - 1, after] if after > 1 else [1])
     lines = len(read_records(out / "metrics.jsonl"))
     assert lines == after  # a round killed inside left no line
 
-    resumed = _run(env, out, "--resume")
+    resumed = run(env, out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "Traceback" not in resumed.stderr
     assert "stale lock" in resumed.stderr  # the killed process's lock is taken over
     assert_same_results(out, reference)
-    assert _checkpoint_steps(out) == [5, 6]
+    assert checkpoint_steps(out) == [5, 6]
 
 
-def test_nan_stops_cleanly_and_the_checkpoint_resumes(env, reference, tmp_path):
+def test_nan_stops_cleanly_and_the_checkpoint_resumes(
+    env, reference, tmp_path, capsys, caplog, monkeypatch
+):
+    """The NaN run is a real process; the refusals and resumes after it run in-process."""
     out = tmp_path / "run"
-    result = _run(env, out, driver=NAN_DRIVER)
+    result = run(env, out, driver=NAN_DRIVER)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "method 'uniform', round 2, step 3 of 12" in lines[0] and "nan" in lines[0]
     # Only round 1's checkpoint and metrics line exist; no model was saved.
-    assert _checkpoint_steps(out) == [1]
+    assert checkpoint_steps(out) == [1]
     assert len(read_records(out / "metrics.jsonl")) == 1
     assert not (out / "models").exists() and not (out / LOCK_NAME).exists()
     forced = tmp_path / "forced"
     shutil.copytree(out, forced)
+    monkeypatch.chdir(tmp_path)
+    before = _files(out)
 
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    changed = _run(env, out, "--resume", "refine.budget=60")
-    assert changed.returncode == 2
-    assert changed.stderr.count("\n") == 1, changed.stderr
-    assert "refine.budget: 120 in the run, 60 now" in changed.stderr
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    def refusal(*extra: str) -> str:
+        status, err = run_in_process(capsys, caplog, out, "--resume", *extra)
+        assert status == 2, err
+        assert err.count("\n") == 1, err
+        assert _files(out) == before
+        return err
 
-    refusals = [
-        ({"driver": 'PATCH = "version"' + PATCH_DRIVER}, [], "different mars_jax version"),
-        ({"driver": 'PATCH = "data"' + PATCH_DRIVER}, [], "different data set (hash"),
-        # --force still needs the finished methods and the checkpoint's method first.
-        ({}, ["--force", 'refine.methods=["mars", "uniform"]'], "refine.methods: the checkpoint"),
-    ]
-    for driver, extra, message in refusals:
-        refused = _run(env, out, "--resume", *extra, **driver)
-        assert refused.returncode == 2, refused.stderr
-        assert refused.stderr.count("\n") == 1 and message in refused.stderr, refused.stderr
-        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert "refine.budget: 120 in the run, 60 now" in refusal("refine.budget=60")
+    with monkeypatch.context() as patch:
+        patch.setattr(resume, "__version__", "0.0.0-other")
+        assert "different mars_jax version" in refusal()
+    with monkeypatch.context() as patch:
+        patch.setattr(data_module, "build_data", _with_one_number_edited(data_module.build_data))
+        assert "different data set (hash" in refusal()
+    # --force still needs the finished methods and the checkpoint's method first.
+    forced_order = refusal("--force", 'refine.methods=["mars", "uniform"]')
+    assert "refine.methods: the checkpoint" in forced_order
 
     # The output section may change freely.
-    resumed = _run(env, out, "--resume", "output.progress=true", "output.dir=elsewhere")
-    assert resumed.returncode == 0, resumed.stderr
+    argv = ["run", *ARGS, "--quiet", "--resume"]
+    assert main([*argv, "--out", str(out), "output.progress=true", "output.dir=elsewhere"]) == 0
     assert_same_results(out, reference)
 
-    result = _run(env, forced, "--resume", "--force", "refine.budget=60")
-    assert result.returncode == 0, result.stderr
+    assert main([*argv, "--out", str(forced), "--force", "refine.budget=60"]) == 0
     records = read_records(forced / "metrics.jsonl")
     assert [r["synthetic_drawn"] for r in records] == [120, 60, 60, 60, 60, 60]
+
+
+def _with_one_number_edited(build_data):
+    """``build_data`` of data with one number edited under the same config."""
+
+    def edited(config):
+        data, info = build_data(config)
+        chosen = np.array(data.base.chosen)
+        chosen[0, 0] += 1.0
+        return data._replace(base=data.base._replace(chosen=chosen)), info
+
+    return edited
 
 
 def test_a_second_process_is_refused_and_sigint_releases_the_lock(env, tmp_path):
     out, held, log = tmp_path / "run", tmp_path / "held", tmp_path / "first.err"
     driver = f"HELD = {str(held)!r}\n{HOLD_DRIVER}"
     with log.open("w") as stderr:  # a file, not a pipe that could fill and block the run
-        first = subprocess.Popen(_command(out, driver=driver), env=env, cwd=tmp_path, stderr=stderr)
+        first = subprocess.Popen(command(out, driver=driver), env=env, cwd=tmp_path, stderr=stderr)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT  # waits for an event, not for a duration
         while not held.exists():
@@ -320,13 +245,13 @@ def test_a_second_process_is_refused_and_sigint_releases_the_lock(env, tmp_path)
             time.sleep(0.05)
         owner = json.loads((out / LOCK_NAME).read_text())
         assert owner["pid"] == first.pid
-        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        before = _files(out)
 
-        second = _run(env, out, "--resume")
+        second = run(env, out, "--resume")
         assert second.returncode == 2, second.stderr
         assert f"in use by another run (pid {first.pid} on" in second.stderr
         assert second.stderr.count("\n") == 1, second.stderr
-        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+        assert _files(out) == before
     finally:
         first.send_signal(signal.SIGINT)
         try:
@@ -350,8 +275,6 @@ def test_lock_refuses_a_live_owner(tmp_path):
 
 
 def test_cli_refuses_a_locked_run_directory(tmp_path, capsys):
-    from mars_jax.runner.cli import main
-
     out = tmp_path / "run"
     out.mkdir()
     lock = out / LOCK_NAME
