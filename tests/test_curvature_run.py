@@ -42,6 +42,7 @@ SMALL_ESTIMATORS = [
     "curvature.density_order=6",
     "curvature.density_runs=2",
 ]
+LANCZOS = "curvature.lanczos_order=30"  # enough steps for the top eigenvalue to rel 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -133,26 +134,24 @@ def test_max_pairs_subsamples_distinct_pairs_of_the_subset(run, tmp_path, monkey
         return samples[-1]
 
     monkeypatch.setattr(report_module, "subsample", subsample)
-    entry = _report(run_dir, "mars", "heldout", tmp_path / "r.json", "curvature.max_pairs=50")
-    assert entry["num_pairs"] == 50 and entry["subsampled"]
+    # The ensemble test's estimators on as many pairs as the base set: one compiled program.
+    size = data.base.chosen.shape[0]
+    assert size < data.heldout.chosen.shape[0]
+    max_pairs = f"curvature.max_pairs={size}"
+    entry = _report(run_dir, "ensemble", "heldout", tmp_path / "r.json", max_pairs, LANCZOS)
+    assert entry["num_pairs"] == size and entry["subsampled"]
     assert entry["hessian"]["top_eigenvalue"]["eigenvalue"] > 0
     heldout = _rows(data.heldout.chosen, data.heldout.rejected)
     (sample,) = samples
     rows = _rows(sample.chosen, sample.rejected)
-    assert rows.shape == (50, heldout.shape[1])
+    assert rows.shape == (size, heldout.shape[1])
     found = [int(np.flatnonzero(np.all(heldout == row, axis=1))[0]) for row in rows]
-    assert len(set(found)) == 50
+    assert len(set(found)) == size
 
 
 def test_ensemble_curvature_is_that_of_the_mean_reward_over_all_heads(run, tmp_path):
     run_dir, config, data = run
-    entry = _report(
-        run_dir,
-        "ensemble",
-        "base",
-        tmp_path / "r.json",
-        "curvature.lanczos_order=30",
-    )
+    entry = _report(run_dir, "ensemble", "base", tmp_path / "r.json", LANCZOS)
     model, params = _params(run_dir, "ensemble", config)
     assert jax.tree.leaves(params)[0].shape[0] == 2
     flat, unravel = ravel_pytree(params)

@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +24,20 @@ make_report = load_benchmark("make_report")
 T_975_DF1 = math.tan(0.475 * math.pi)
 
 
-# One cell of each experiment (two budgets for the budget plot), the two fixed temperatures that
-# the report's sensitivity row compares; every cell's config is checked below without a run.
-SMOKE_CELLS = "main,curvature,budget-30,budget-100,noise-10,tau-1,tau-10"
+# The accuracy cell (the report's MARS row), a curvature cell and a sensitivity cell, 2 seeds
+# each for intervals. The other cells differ only in their configs, checked below without a
+# run; the report's rules and plots on every experiment are checked on hand-made JSON.
+SMOKE_CELLS = "main,curvature,tau-10"
 
 
 def test_smoke_grid_writes_raw_json_resumes_and_feeds_the_report(tmp_path):
     results = tmp_path / "results"
     argv = ["--smoke", "--cells", SMOKE_CELLS, "--results", str(results)]
-    argv += ["--compile-cache", str(tmp_path / "xla")]
+    argv += ["--compile-cache", os.environ["JAX_COMPILATION_CACHE_DIR"]]
 
     first = experiments.main(argv)
 
-    assert len(first["ran"]) == 2 * 7 and first["skipped"] == []
+    assert len(first["ran"]) == 2 * 3 and first["skipped"] == []
     main0 = json.loads((results / "accuracy/smoke/main-seed0.json").read_text())
     assert set(main0["methods"]) == {
         "none",
@@ -57,10 +59,6 @@ def test_smoke_grid_writes_raw_json_resumes_and_feeds_the_report(tmp_path):
     assert len(rounds) == 2
     for entry in rounds:  # a NaN, an infinity or a missing value fails
         assert math.isfinite(entry["train"]["hessian"]["trace"])
-    budget = json.loads((results / "sample_efficiency/smoke/budget-30-seed0.json").read_text())
-    assert budget["config"]["refine"]["budget"] == 36  # 30% of configs/tiny.toml's 120
-    noisy = json.loads((results / "label_noise/smoke/noise-10-seed0.json").read_text())
-    assert noisy["config"]["data"]["label_flip_rate"] == 0.1
 
     again = experiments.main(argv)
     assert again["ran"] == [] and sorted(again["skipped"]) == sorted(first["ran"])
@@ -81,18 +79,16 @@ def test_smoke_grid_writes_raw_json_resumes_and_feeds_the_report(tmp_path):
     expected = f"| mars | 2 | {mean:.2f} [{mean - 100 * half:.2f}, {mean + 100 * half:.2f}] |"
     assert expected in text
     tau = [
-        json.loads((results / f"sensitivity/smoke/tau-{t}-seed{s}.json").read_text())
-        for t in ("10", "1")
-        for s in (0, 1)
+        json.loads((results / f"sensitivity/smoke/tau-10-seed{s}.json").read_text()) for s in (0, 1)
     ]
     diff = 100 * np.mean(
-        [r["methods"]["mars"]["accuracy"] - r["methods"]["uniform"]["accuracy"] for r in tau[:2]]
+        [r["methods"]["mars"]["accuracy"] - r["methods"]["uniform"]["accuracy"] for r in tau]
     )
     assert "| `tau-10` | fixed temperature 10 | 120 | 2 |" in text and f"{diff:.2f} [" in text
     assert set(tau[0]["methods"]) == {"uniform", "mars", "mars_signed"}
     for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Speed benchmarks"):
         assert heading in text
-    for plot in ("accuracy-smoke", "curvature-smoke", "budget-smoke"):
+    for plot in ("accuracy-smoke", "curvature-smoke"):
         assert (results / "plots" / f"{plot}.png").stat().st_size > 0
         assert f"![{plot}](results/plots/{plot}.png)" in text
     assert f"python benchmarks/experiments.py --smoke --cells {SMOKE_CELLS} --results" in text
@@ -194,6 +190,9 @@ def test_report_verdicts_follow_the_stated_rules_on_known_numbers(tmp_path):
     assert "Uniform's drop - MARS's drop on `synthetic`" in text
     noise_claim = next(line for line in text.splitlines() if "Uniform's drop - MARS" in line)
     assert noise_claim.endswith("supported.") and "not supported" not in noise_claim
+    for plot in ("accuracy-synthetic", "curvature-synthetic", "budget-synthetic"):
+        assert (results / "plots" / f"{plot}.png").stat().st_size > 0
+        assert f"![{plot}](results/plots/{plot}.png)" in text
 
 
 def test_speed_rows_take_the_device_column_or_the_machine_table():
@@ -239,6 +238,12 @@ def test_every_smoke_cell_config_without_running_it():
     for percent in (10, 30, 50, 100):  # tiny.toml's budget is 120
         budget = cells[f"budget-{percent}"].config(config_path, 1).refine
         assert budget.budget == round(120 * percent / 100) and budget.methods == ("uniform", "mars")
+    noisy = cells["noise-10"].config(config_path, 0)
+    assert noisy.data.label_flip_rate == 0.1 and noisy.refine.methods == base.refine.methods
+    for temperature in (0.1, 1.0, 10.0):
+        fixed = cells[f"tau-{temperature:g}"].config(config_path, 1).refine
+        assert (fixed.temperature_mode, fixed.temperature) == ("fixed", temperature)
+        assert fixed.methods == ("uniform", "mars", "mars_signed")
     v2 = cells["v2"].config(config_path, 1).refine
     assert (v2.budget, v2.temperature, v2.temperature_mode) == (300, 0.5, "fixed")
     assert v2.methods == ("uniform", "mars", "mars_signed")
