@@ -82,7 +82,9 @@ def test_smollm2_prefers_the_right_capital_by_a_wide_margin(smollm2):
     tokens = np.zeros((len(answers), len(prompt) + max(map(len, answers))), np.int32)
     for row, answer in enumerate(answers):
         tokens[row, : len(prompt) + len(answer)] = prompt + answer
-    logits = forward_logits(smollm2.params, smollm2.config, jnp.asarray(tokens))
+    logits = jax.jit(forward_logits, static_argnames="config")(
+        smollm2.params, smollm2.config, jnp.asarray(tokens)
+    )
     log_probs = jax.nn.log_softmax(logits[:, len(prompt) - 1 :], axis=-1)
     log_likelihoods = [
         float(jnp.sum(log_probs[row, jnp.arange(len(answer)), jnp.asarray(answer)]))
