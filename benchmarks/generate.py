@@ -27,7 +27,7 @@ protocol (``benchmarks/quiet.py``) refuses a full run started with a 1-minute lo
 ``os.cpu_count()`` intra-op threads.
 
 ``--smoke`` uses a tiny random Llama (and a byte-level tokenizer) written to a temporary
-folder, batch 1 and 4, 6 new tokens; it needs neither the SmolLM2 weights nor torch (without
+folder, batch 1 and 4, 16 new tokens; it needs neither the SmolLM2 weights nor torch (without
 torch the torch columns read "not installed"; ``--no-torch`` forces that).
 
 Usage::
@@ -68,7 +68,7 @@ FULL = {
 }
 SMOKE = {
     "batches": (1, 4),
-    "new_tokens": 6,
+    "new_tokens": 16,  # the batching runs' length: the sections share their programs
     "repeats": 2,
     "batching_prompts": 16,
     "batching_new": 16,

@@ -18,7 +18,7 @@ def test_smoke_benchmark_reports_positive_numbers(tmp_path, capsys):
     assert report["torch_status"] == "skipped (--no-torch)"
     assert [row["batch"] for row in report["throughput"]] == [1, 4]
     for row in report["throughput"]:
-        assert row["new_tokens"] == 6
+        assert row["new_tokens"] == 16
         low, high = row["prompt_tokens"]
         assert 0 < low <= high <= row["prompt_bucket"]
         assert row["jax_compile_s"] >= 0 and row["jax_tokens_per_s"] > 0

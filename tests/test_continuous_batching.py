@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,6 +20,9 @@ from mars_jax.models.sampling import generate_ids, generate_ids_continuous
 NO_STOP = -1
 SAMPLED = {"temperature": 1.0, "top_p": 0.95, "seed": 11}
 GREEDY = {"temperature": 0.0, "top_p": 1.0, "seed": 0}
+# one compilation per call shape, as inside the library's jitted loops (eagerly, every op
+# and every constant start would compile a program of its own)
+jitted_forward = jax.jit(forward, static_argnames="config")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +77,7 @@ def test_same_tokens_as_one_request_at_a_time(model, options):
 
 
 def test_outputs_do_not_depend_on_slot_or_batch_size(model):
-    prompts = _prompts(11, seed=1)
+    prompts = _prompts(11, seed=1, longest=16)  # one bucket: batch 8 drains to 4
     stop = _most_common(_run(generate_ids, model, prompts, **SAMPLED))
     runs = [
         _run(generate_ids_continuous, model, prompts, stop_id=stop, batch_size=size, **SAMPLED)
@@ -88,7 +92,7 @@ def test_outputs_do_not_depend_on_slot_or_batch_size(model):
 
 
 def test_one_new_token_and_immediate_stops(model):
-    prompts = _prompts(6, seed=2)
+    prompts = _prompts(6, seed=2, longest=16)
     one = _run(generate_ids_continuous, model, prompts, max_new_tokens=1, **SAMPLED)
     assert one == _one_at_a_time(model, prompts, max_new_tokens=1, **SAMPLED)
     assert all(len(reply) == 1 for reply in one)
@@ -140,14 +144,14 @@ def test_forward_with_one_start_per_row_matches_a_shared_start(model):
     tokens = jnp.array([[5, 9, 40, 7], [1, 2, 3, 4]], jnp.int32)
     pad = jnp.array([0, 1], jnp.int32)
     cache = init_cache(config, 2, 8, params["embed"].dtype)
-    _, cache = forward(params, config, tokens, cache, 0, pad)
+    _, cache = jitted_forward(params, config, tokens, cache, 0, pad)
     step = jnp.array([[11], [12]], jnp.int32)
-    shared = forward(params, config, step, cache, 4, pad)
-    per_row = forward(params, config, step, cache, jnp.array([4, 4], jnp.int32), pad)
+    shared = jitted_forward(params, config, step, cache, 4, pad)
+    per_row = jitted_forward(params, config, step, cache, jnp.array([4, 4], jnp.int32), pad)
     np.testing.assert_array_equal(per_row[0], shared[0])
     np.testing.assert_array_equal(per_row[1].keys, shared[1].keys)
     # rows at different slots: row 1 one step behind writes at slot 3 (its own last token)
-    moved = forward(params, config, step, cache, jnp.array([4, 3], jnp.int32), pad)
+    moved = jitted_forward(params, config, step, cache, jnp.array([4, 3], jnp.int32), pad)
     np.testing.assert_array_equal(moved[0][0], shared[0][0])
     assert not np.array_equal(moved[0][1], shared[0][1])
     np.testing.assert_array_equal(moved[1].keys[:, 1, :, 4], cache.keys[:, 1, :, 4])
@@ -156,15 +160,16 @@ def test_forward_with_one_start_per_row_matches_a_shared_start(model):
 def test_generator_batching_modes_give_the_same_replies(tiny):
     prompts = ["What is the capital of France?", "Rewrite: the cat sat.", "Hi", "12 apples"] * 2
     options = {
-        "max_new_tokens": 6,
+        "max_new_tokens": 14,
         "temperature": 0.8,
         "top_p": 0.9,
         "seed": 3,
         "system_prompt": "Be brief.",
     }
+    # batch 4, buckets 32 and 64, 14 new tokens: the programs compiled by the tests above
     replies = {
         mode: LlamaChatGenerator.load(
-            str(tiny[0]), batch_size=2, max_prompt_tokens=48, batching=mode
+            str(tiny[0]), batch_size=4, max_prompt_tokens=64, batching=mode
         ).generate(prompts, **options)
         for mode in ("static", "continuous")
     }

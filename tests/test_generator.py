@@ -6,6 +6,7 @@ import importlib.util
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from tiny_llama import write_tiny_model
 
@@ -24,14 +25,14 @@ def test_tiny_generator_from_both_formats(tiny):
     hf, gguf_path = tiny
     prompts = ["What is the capital of France?", "Rewrite: the cat sat.", "Hi"]
     options = {
-        "max_new_tokens": 5,
+        "max_new_tokens": 14,
         "temperature": 0.0,
         "top_p": 1.0,
         "seed": 0,
         "system_prompt": "Be brief.",
     }
-    from_hf = LlamaChatGenerator.load(str(hf), batch_size=2, max_prompt_tokens=48)
-    from_gguf = LlamaChatGenerator.load(str(gguf_path), batch_size=2, max_prompt_tokens=48)
+    from_hf = LlamaChatGenerator.load(str(hf), batch_size=4, max_prompt_tokens=64)
+    from_gguf = LlamaChatGenerator.load(str(gguf_path), batch_size=4, max_prompt_tokens=64)
     replies = from_hf.generate(prompts, **options)
     assert len(replies) == 3 and all(isinstance(r, str) for r in replies)
     assert from_gguf.generate(prompts, **options) == replies
@@ -74,16 +75,24 @@ def test_smollm2_prefers_the_right_capital_by_a_wide_margin(smollm2):
     another XLA build cannot flip it; generation itself runs on the real weights."""
     question = "What is the capital of France?"
     prompt = smollm2.tokenizer.encode_chat(question)
-
-    def log_likelihood(answer: str) -> float:
-        reply = smollm2.tokenizer.encode(answer)
-        logits = forward_logits(smollm2.params, smollm2.config, jnp.asarray([prompt + reply]))
-        log_probs = jax.nn.log_softmax(logits[0, len(prompt) - 1 : -1], axis=-1)
-        return float(jnp.sum(log_probs[jnp.arange(len(reply)), jnp.asarray(reply)]))
-
-    right = log_likelihood("The capital of France is Paris.")
-    for city in ("London", "Berlin", "Madrid"):
-        assert right > log_likelihood(f"The capital of France is {city}.") + 2.0, city
+    cities = ("Paris", "London", "Berlin", "Madrid")
+    answers = [smollm2.tokenizer.encode(f"The capital of France is {city}.") for city in cities]
+    # one right-padded batch, one compilation: causal attention, so the padding after a
+    # reply changes none of its logits
+    tokens = np.zeros((len(answers), len(prompt) + max(map(len, answers))), np.int32)
+    for row, answer in enumerate(answers):
+        tokens[row, : len(prompt) + len(answer)] = prompt + answer
+    logits = jax.jit(forward_logits, static_argnames="config")(
+        smollm2.params, smollm2.config, jnp.asarray(tokens)
+    )
+    log_probs = jax.nn.log_softmax(logits[:, len(prompt) - 1 :], axis=-1)
+    log_likelihoods = [
+        float(jnp.sum(log_probs[row, jnp.arange(len(answer)), jnp.asarray(answer)]))
+        for row, answer in enumerate(answers)
+    ]
+    right = log_likelihoods[0]
+    for city, wrong in zip(cities[1:], log_likelihoods[1:], strict=True):
+        assert right > wrong + 2.0, city
     replies = smollm2.generate(
         [question, "Name one planet."], max_new_tokens=10, temperature=0.0, top_p=1.0, seed=0
     )

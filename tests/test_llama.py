@@ -20,6 +20,11 @@ from mars_jax.models.llama_weights import (
     to_device,
 )
 
+# one compilation per call shape (eagerly, every op, and the scan at every constant start,
+# compiles a program of its own)
+jitted_forward = jax.jit(forward, static_argnames="config")
+jitted_logits = jax.jit(forward_logits, static_argnames="config")
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -83,8 +88,8 @@ def test_gguf_and_hf_loaders_agree(tiny):
         np.testing.assert_array_equal(a, b)
     tokens = jnp.array([[1, 5, 9, 40, 2, 7]])
     np.testing.assert_allclose(
-        forward_logits(to_device(hf_params), hf_config, tokens),
-        forward_logits(to_device(gguf_params), gguf_config, tokens),
+        jitted_logits(to_device(hf_params), hf_config, tokens),
+        jitted_logits(to_device(gguf_params), gguf_config, tokens),
         atol=1e-5,
     )
 
@@ -100,7 +105,7 @@ def test_forward_matches_numpy_reference_with_left_padding(tiny):
     pad = np.array([width - len(s) for s in seqs], np.int32)
     for row, seq in enumerate(seqs):
         tokens[row, pad[row] :] = seq
-    logits = np.asarray(forward_logits(to_device(params), config, tokens, jnp.asarray(pad)))
+    logits = np.asarray(jitted_logits(to_device(params), config, tokens, jnp.asarray(pad)))
     for row, seq in enumerate(seqs):
         expected = reference_logits(weights, _ref_config(config), seq)
         np.testing.assert_allclose(logits[row, pad[row] :], expected, atol=1e-4, rtol=1e-4)
@@ -109,8 +114,8 @@ def test_forward_matches_numpy_reference_with_left_padding(tiny):
 def test_bfloat16_forward_is_close_to_float32(tiny):
     config, params = load_llama(tiny[0])
     tokens = jnp.array([[1, 5, 9, 40, 2, 7, 11, 13]])
-    full = forward_logits(to_device(params), config, tokens)
-    half = forward_logits(to_device(params, "bfloat16"), config, tokens)
+    full = jitted_logits(to_device(params), config, tokens)
+    half = jitted_logits(to_device(params, "bfloat16"), config, tokens)
     assert half.dtype == jnp.float32
     np.testing.assert_allclose(half, full, atol=0.1 * float(jnp.abs(full).max()))
     assert jnp.mean(jnp.argmax(half, -1) == jnp.argmax(full, -1)) >= 0.75
@@ -126,7 +131,7 @@ def test_forward_matches_transformers_pytorch(tiny):
     model = transformers.LlamaForCausalLM.from_pretrained(str(hf)).eval()
     with torch.no_grad():
         expected = model(torch.tensor(ids)).logits.numpy()
-    actual = forward_logits(to_device(params), config, jnp.array(ids))
+    actual = jitted_logits(to_device(params), config, jnp.array(ids))
     np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -137,15 +142,15 @@ def test_cached_decoding_matches_full_forward(tiny):
     tokens = jnp.array([[0, 0, 4, 8, 15], [16, 23, 42, 4, 8]], jnp.int32)
     pad = jnp.array([2, 0], jnp.int32)
     cache = init_cache(config, 2, 9, jnp.float32)
-    hidden, cache = forward(params, config, tokens, cache, 0, pad)
+    hidden, cache = jitted_forward(params, config, tokens, cache, 0, pad)
     step_logits = [output_logits(params, config, hidden[:, -1])]
     sequence = tokens
     for step in range(4):
         nxt = jnp.argmax(step_logits[-1], -1).astype(jnp.int32)
         sequence = jnp.concatenate([sequence, nxt[:, None]], axis=1)
-        hidden, cache = forward(params, config, nxt[:, None], cache, 5 + step, pad)
+        hidden, cache = jitted_forward(params, config, nxt[:, None], cache, 5 + step, pad)
         step_logits.append(output_logits(params, config, hidden[:, 0]))
-    full = forward_logits(params, config, sequence, pad)
+    full = jitted_logits(params, config, sequence, pad)
     np.testing.assert_allclose(jnp.stack(step_logits, 1), full[:, 4:], atol=1e-5)
 
 

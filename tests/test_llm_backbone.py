@@ -31,6 +31,10 @@ TEXTS = [
 ]
 
 
+# one compilation per sequence length (eagerly, every op compiles a program of its own)
+jitted_forward = jax.jit(forward, static_argnames="config")
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny random Llama as (HF folder, GGUF file)."""
@@ -46,7 +50,8 @@ def _alone(backbone: LlamaFeatures, ids: list[int]) -> np.ndarray:
     """A plain forward pass of one unpadded sequence: the final hidden state of its last token."""
     tokens = jnp.asarray([ids], jnp.int32)
     cache = init_cache(backbone.config, 1, len(ids), jnp.float32)
-    hidden, _ = forward(backbone.params, backbone.config, tokens, cache, 0, jnp.zeros(1, jnp.int32))
+    pad = jnp.zeros(1, jnp.int32)
+    hidden, _ = jitted_forward(backbone.params, backbone.config, tokens, cache, 0, pad)
     return np.asarray(hidden[0, -1])
 
 
@@ -60,7 +65,7 @@ def _cut_after(backbone: LlamaFeatures, block: int, ids: list[int]) -> np.ndarra
     }
     tokens = jnp.asarray([ids], jnp.int32)
     cache = init_cache(config, 1, len(ids), jnp.float32)
-    hidden, _ = forward(params, config, tokens, cache, 0, jnp.zeros(1, jnp.int32))
+    hidden, _ = jitted_forward(params, config, tokens, cache, 0, jnp.zeros(1, jnp.int32))
     return np.asarray(hidden[0, -1])
 
 
@@ -192,13 +197,14 @@ def test_lora_starts_as_the_frozen_model_and_trains_only_adapters_and_head(backb
     tokens, pad = left_pad(backbone.tokenize(texts), 48, rows=3)
     inputs = {"tokens": jnp.asarray(tokens), "pad": jnp.asarray(pad)}
     model = lora_reward_model(backbone.config, backbone.params, rank=4)
+    reward_fn = jax.jit(model.reward_fn)  # as training runs it: one compilation
     params = model.init(jax.random.key(0))
-    rewards = model.reward_fn(params, inputs)
+    rewards = reward_fn(params, inputs)
     features = backbone.embed_texts(texts, progress=False)
     expected = features @ np.asarray(params["head"]["w"]) + float(params["head"]["b"])
     np.testing.assert_allclose(rewards, expected, atol=1e-5)
 
-    grads = jax.grad(lambda p: jnp.sum(model.reward_fn(p, inputs) ** 2))(params)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(model.reward_fn(p, inputs) ** 2)))(params)
     assert all(not np.any(g) for g in jax.tree.leaves(grads["backbone"]))
     assert all(np.any(grads["lora"][name]["b"]) for name in grads["lora"])
     assert np.any(grads["head"]["w"])
@@ -207,7 +213,7 @@ def test_lora_starts_as_the_frozen_model_and_trains_only_adapters_and_head(backb
     assert all(jax.tree.leaves(mask["lora"])) and all(jax.tree.leaves(mask["head"]))
 
     moved = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
-    assert not np.allclose(model.reward_fn(moved, inputs), rewards)
+    assert not np.allclose(reward_fn(moved, inputs), rewards)
 
 
 def test_unknown_backbone_name(tmp_path):
