@@ -23,6 +23,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from mars_jax.errors import MarsError
+from mars_jax.models.gguf_file import read_gguf
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "ChatTokenizer", "chat_text"]
 
@@ -41,13 +42,7 @@ def chat_text(prompt: str, system_prompt: str | None = None) -> str:
 
 
 def _from_gguf(path: Path) -> Tokenizer:
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError, AssertionError) as err:
-        raise MarsError(f"{path}: not a readable GGUF file ({err})") from None
-    fields = reader.fields
+    fields = read_gguf(path).fields
     kind = fields["tokenizer.ggml.model"].contents() if "tokenizer.ggml.model" in fields else None
     if kind != "gpt2":
         raise MarsError(f"{path}: tokenizer.ggml.model is {kind!r}; only 'gpt2' (BPE) is supported")

@@ -1,6 +1,7 @@
 """Llama weights from a GGUF file or a Hugging Face folder, as a params pytree.
 
-* **GGUF** (llama.cpp): ``gguf.GGUFReader`` reads the tensors, ``gguf.quants.dequantize``
+* **GGUF** (llama.cpp): ``gguf.GGUFReader`` reads the tensors (parsed once per process with
+  the tokenizer: :func:`mars_jax.models.gguf_file.read_gguf`), ``gguf.quants.dequantize``
   turns any quantised type into float32, and the config comes from the ``llama.*`` metadata.
   llama.cpp's converter permutes the rows of the Q and K projections for interleaved-pair
   RoPE; :func:`unpermute_rope` undoes it, so both sources use rotate-half RoPE.
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mars_jax.errors import MarsError
+from mars_jax.models.gguf_file import read_gguf
 from mars_jax.models.llama import LlamaConfig
 
 __all__ = [
@@ -145,10 +147,7 @@ def load_gguf(path: str | os.PathLike[str]) -> tuple[LlamaConfig, dict[str, Any]
     import gguf
 
     path = Path(path).expanduser()
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError, AssertionError) as err:
-        raise MarsError(f"{path}: not a readable GGUF file ({err})") from None
+    reader = read_gguf(path)
     arch = _field(reader, "general.architecture", path)
     if arch != "llama":
         raise MarsError(f"{path}: GGUF architecture is {arch!r}, expected 'llama'")
