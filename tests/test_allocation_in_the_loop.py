@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -41,15 +42,12 @@ def _report_module():
 def test_uniform_global_draws_budget_distinct_rows_of_the_whole_pool():
     offsets = jnp.array([0, 3, 3, 10, 12, 20], jnp.int32)  # a base pair without pool rows
     margins = jnp.zeros((1, 5))
+    # One compiled program for the 20 keys (eager dispatch would re-run it op by op).
+    draw = jax.jit(
+        functools.partial(allocate, method="uniform_global", num_draws=9, max_per_source=8)
+    )
     for seed in range(20):
-        result = allocate(
-            margins,
-            offsets,
-            jax.random.key(seed),
-            method="uniform_global",
-            num_draws=9,
-            max_per_source=8,
-        )
+        result = draw(margins, offsets, jax.random.key(seed))
         rows = np.asarray(result.draws.indices)
         assert len(set(rows.tolist())) == 9  # distinct rows, without replacement
         counts = np.bincount(
