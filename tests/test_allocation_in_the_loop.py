@@ -73,11 +73,11 @@ def test_paper_temperature_gives_uniform_budgets_and_target_ess_does_not():
     margins = 0.5 * jax.random.normal(jax.random.key(1), (1, 200))
     key = jax.random.key(2)
     args = {"method": "mars", "num_draws": 400, "max_per_source": 4}
-    paper = allocate(margins, offsets, key, temperature=0.1, **args)
+    paper = jax.jit(functools.partial(allocate, temperature=0.1, **args))(margins, offsets, key)
     np.testing.assert_array_equal(paper.budgets, paper.reference_budgets)
-    solved = allocate(
-        margins, offsets, key, temperature_mode="target_ess", ess_fraction=0.5, **args
-    )
+    solved = jax.jit(
+        functools.partial(allocate, temperature_mode="target_ess", ess_fraction=0.5, **args)
+    )(margins, offsets, key)
     assert not np.array_equal(solved.budgets, solved.reference_budgets)
     share = np.asarray(solved.budgets) / 400
     assert 0.35 * 200 < 1 / np.sum(share**2) < 0.65 * 200  # near the weights' ESS of N / 2
