@@ -194,15 +194,19 @@ def operator_checks(placement: Placement, *, curvature: bool) -> dict:
 
 
 def cli_checks(workdir: Path) -> dict:
-    """``mars-jax run configs/tiny.toml`` with and without ``parallel.enabled=true``."""
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+    """Two rounds of ``mars-jax run`` with and without ``parallel.enabled=true``.
+
+    The sizes are those of :func:`round_checks`, so the single-device run reuses its
+    compiled programs from the on-disk cache.
+    """
     accuracies = {}
     for enabled in ("false", "true"):
         out = workdir / enabled
         status = main(
             [
                 "run",
-                str(tiny),
+                *OVERRIDES,
+                "refine.rounds=2",
                 f"parallel.enabled={enabled}",
                 'refine.methods=["mars"]',
                 "output.plots=false",

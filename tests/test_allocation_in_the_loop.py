@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -41,15 +42,12 @@ def _report_module():
 def test_uniform_global_draws_budget_distinct_rows_of_the_whole_pool():
     offsets = jnp.array([0, 3, 3, 10, 12, 20], jnp.int32)  # a base pair without pool rows
     margins = jnp.zeros((1, 5))
+    # One compiled program for the 20 keys (eager dispatch would re-run it op by op).
+    draw = jax.jit(
+        functools.partial(allocate, method="uniform_global", num_draws=9, max_per_source=8)
+    )
     for seed in range(20):
-        result = allocate(
-            margins,
-            offsets,
-            jax.random.key(seed),
-            method="uniform_global",
-            num_draws=9,
-            max_per_source=8,
-        )
+        result = draw(margins, offsets, jax.random.key(seed))
         rows = np.asarray(result.draws.indices)
         assert len(set(rows.tolist())) == 9  # distinct rows, without replacement
         counts = np.bincount(
@@ -75,11 +73,11 @@ def test_paper_temperature_gives_uniform_budgets_and_target_ess_does_not():
     margins = 0.5 * jax.random.normal(jax.random.key(1), (1, 200))
     key = jax.random.key(2)
     args = {"method": "mars", "num_draws": 400, "max_per_source": 4}
-    paper = allocate(margins, offsets, key, temperature=0.1, **args)
+    paper = jax.jit(functools.partial(allocate, temperature=0.1, **args))(margins, offsets, key)
     np.testing.assert_array_equal(paper.budgets, paper.reference_budgets)
-    solved = allocate(
-        margins, offsets, key, temperature_mode="target_ess", ess_fraction=0.5, **args
-    )
+    solved = jax.jit(
+        functools.partial(allocate, temperature_mode="target_ess", ess_fraction=0.5, **args)
+    )(margins, offsets, key)
     assert not np.array_equal(solved.budgets, solved.reference_budgets)
     share = np.asarray(solved.budgets) / 400
     assert 0.35 * 200 < 1 / np.sum(share**2) < 0.65 * 200  # near the weights' ESS of N / 2

@@ -233,24 +233,22 @@ def test_finetune_run_trains_the_encoder_on_the_pool(setup, pool_dir):
     start = init_members(model, jax.random.key(0), 1)
     trained = load_params(run / "models" / "mars", start)
     data, _ = build_data(load_config(None, argv))
+
+    @jax.jit
+    def pair_margins(params, pairs):
+        return model.reward_fn(params, pairs.chosen) - model.reward_fn(params, pairs.rejected)
+
     # The reported held-out accuracy is that of the saved model (numpy on its margins; a
     # pair within 1e-5 of a tie may round either way).
     trained_one = jax.tree.map(lambda leaf: leaf[0], trained)
-    margins = np.asarray(
-        model.reward_fn(trained_one, data.heldout.chosen)
-        - model.reward_fn(trained_one, data.heldout.rejected)
-    )
+    margins = np.asarray(pair_margins(trained_one, data.heldout))
     slack = (np.sum(np.abs(margins) < 1e-5) + 1e-9) / margins.size + 1e-6
     final = summary["methods"]["mars"]["final"]
     assert final["accuracy"] == pytest.approx(np.mean(margins > 0), abs=slack)
     # Every encoder leaf that the reward depends on (a non-zero gradient on the base pairs)
     # must have moved; Adam moves each such weight by about the learning rate per step.
     first = jax.tree.map(lambda leaf: leaf[0], start)
-    grads = jax.grad(
-        lambda p: jnp.sum(
-            model.reward_fn(p, data.base.chosen) - model.reward_fn(p, data.base.rejected)
-        )
-    )(first)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(pair_margins(p, data.base))))(first)
     names = [jax.tree_util.keystr(path) for path, _ in jax.tree.leaves_with_path(start["encoder"])]
     # Relative to the largest: an attention key bias gets only rounding noise (softmax is
     # invariant to a shift that is the same for every key).

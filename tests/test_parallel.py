@@ -125,8 +125,9 @@ def test_cli_run_on_8_devices_matches_one_device(sharded):
     assert runs["false"]["mesh"] is None
     assert runs["true"]["mesh"] == {"data": 8, "fsdp": 1}
     one, eight = runs["false"]["accuracy"]["mars"], runs["true"]["accuracy"]["mars"]
-    # At most one of 200 held-out pairs may flip sign; measured identical.
-    np.testing.assert_allclose(eight, one, atol=1 / 200 + 1e-6)
+    assert len(one) == 2
+    # At most one of 150 held-out pairs may flip sign; measured identical.
+    np.testing.assert_allclose(eight, one, atol=1 / 150 + 1e-6)
 
 
 def test_one_device_is_the_unsharded_path():
