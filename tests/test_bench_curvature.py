@@ -30,7 +30,7 @@ def dense(bench):
     cfg = bench.SMOKE
     setup = bench.mlp_setup(cfg["features"], cfg["hidden"], cfg["pairs"], seed=0)
     flat, unravel = ravel_pytree(setup["params"])
-    matrix = jax.hessian(lambda x: setup["loss_fn"](unravel(x), setup["batch"]))(flat)
+    matrix = jax.jit(jax.hessian(lambda x: setup["loss_fn"](unravel(x), setup["batch"])))(flat)
     matrix = np.asarray(matrix, np.float64)
     matrix = (matrix + matrix.T) / 2
     return np.linalg.eigvalsh(matrix), float(np.trace(matrix))
@@ -52,7 +52,7 @@ def test_smoke_benchmark_jax_side(bench, dense, tmp_path, capsys):
             assert row[name] > 0
         if row["hvp_flops"] is not None:  # an HVP does a gradient's work and more
             assert row["hvp_flops"] > row["grad_flops"]
-    assert [row["order"] for row in report["lanczos_compile"]["rows"]] == [10, 50, 100]
+    assert [row["order"] for row in report["lanczos_compile"]["rows"]] == [10, 100]
 
     # (3) without peers: 20 power iterations give a Rayleigh quotient, never above the top
     # eigenvalue; the Lanczos reference is the top eigenvalue, the Hutchinson one the trace

@@ -134,9 +134,11 @@ def test_batched_runs_equal_looped_runs(result):
 
 
 def test_breakdown_keeps_weights_on_the_eigenvalues():
-    distinct = np.array([-1.0, 0.5, 2.0])
-    matrix = jnp.asarray(rotated(1, np.repeat(distinct, SIZE // 3)), jnp.float32)
-    result = slq(matrix, jax.random.key(1), order=8, num_runs=4)
+    # Five distinct eigenvalues: the order of the fixture (one compile) makes four complete
+    # blocks and a partial fifth, whose Ritz values are not eigenvalues.
+    distinct = np.array([-1.0, -0.3, 0.5, 1.2, 2.0])
+    matrix = jnp.asarray(rotated(1, np.repeat(distinct, [10, 10, 10, 9, 9])), jnp.float32)
+    result = slq(matrix, jax.random.key(1), order=ORDER, num_runs=NUM_RUNS)
     assert np.all(np.isfinite(result.nodes)) and np.all(np.isfinite(result.density))
     np.testing.assert_allclose(result.weights.sum(axis=1), 1.0, rtol=1e-5)
     # Nodes from the restarted blocks carry no weight; weighted nodes are eigenvalues.

@@ -77,7 +77,14 @@ def test_docstring_example():
 def test_eigenvalues_stop_within_tolerance_of_eigh(which, k, expected, rtol):
     matrix = symmetric_matrix(0, spectrum(0, [3.0, 4.5, 7.0]))
     exact = expected(np.linalg.eigvalsh(matrix))
-    result = eigen(jnp.asarray(matrix, jnp.float32), jax.random.key(0), rtol, k=k, which=which)
+    result = eigen(
+        jnp.asarray(matrix, jnp.float32),
+        jax.random.key(0),
+        rtol,
+        k=k,
+        which=which,
+        return_vectors=True,
+    )
     assert bool(result.converged)
     assert np.all(np.asarray(result.errors) <= rtol)
     np.testing.assert_allclose(
@@ -88,6 +95,13 @@ def test_eigenvalues_stop_within_tolerance_of_eigh(which, k, expected, rtol):
     assert np.all(actual <= np.asarray(result.residuals) + 1e-5 * np.abs(exact))
     assert np.all(actual <= rtol * np.abs(exact))
     assert int(result.num_matvecs) < SIZE
+    # The Ritz vectors (asked for in every case: one compile with the tests below) have the
+    # residuals reported.
+    for i, value in enumerate(np.asarray(result.eigenvalues, np.float64)):
+        vector = ravel_pytree(jax.tree.map(lambda s, i=i: s[i], result.eigenvectors))[0]
+        vector = np.asarray(vector, np.float64)
+        true_residual = np.linalg.norm(matrix @ vector - value * vector)
+        assert true_residual == pytest.approx(float(result.residuals[i]), rel=0.05, abs=1e-5)
 
 
 def clustered_spectrum(seed, kind):
@@ -142,9 +156,10 @@ def test_looser_tolerance_spends_fewer_products():
 
 
 def test_ritz_vectors_have_the_residuals_reported():
+    # k = 3 with vectors: the static arguments of the "largest" case above (one compile).
     matrix = jnp.asarray(symmetric_matrix(2, spectrum(2, [3.0, 4.5, 7.0])), jnp.float32)
-    result = eigen(matrix, jax.random.key(2), 1e-3, k=2, return_vectors=True)
-    for i in range(2):
+    result = eigen(matrix, jax.random.key(2), 1e-3, k=3, which="largest", return_vectors=True)
+    for i in range(3):
         vector = jax.tree.map(lambda stack, i=i: stack[i], result.eigenvectors)
         image = dense_matvec(vector, matrix)
         error = jax.tree.map(lambda a, v, i=i: a - result.eigenvalues[i] * v, image, vector)
@@ -153,33 +168,46 @@ def test_ritz_vectors_have_the_residuals_reported():
         assert true_residual == pytest.approx(float(result.residuals[i]), rel=0.05, abs=1e-5)
 
 
+# The static arguments of the two tests below are shared: one compile.
+RESTARTS = {"k": 6, "max_order": 9, "check_every": 4, "return_vectors": True}
+
+
 def test_not_converged_at_max_order():
     matrix = jnp.asarray(symmetric_matrix(1, spectrum(1, [6.8, 7.0])), jnp.float32)
-    result = eigen(matrix, jax.random.key(3), 1e-6, max_order=6, check_every=4)
+    result = eigen(matrix, jax.random.key(3), 1e-6, **RESTARTS)
     assert not bool(result.converged)
-    assert int(result.num_matvecs) == 6  # the last chunk is cut at max_order
-    assert float(result.errors[0]) > 1e-6
+    assert int(result.num_matvecs) == 9  # checks at 4 and 8, the last chunk cut at max_order
+    assert float(result.errors[0]) > 1e-6  # the top value alone is not converged
 
 
 def test_absolute_tolerance_for_an_eigenvalue_at_zero(x64):
     # PSD with a null space: the smallest eigenvalue is 0, so only atol can be met.
+    # Both runs stop by max_order = 30 (atol is traced: one compile); at the full order the
+    # residual would vanish and any tolerance be met.
     eigenvalues = np.concatenate([np.zeros(10), np.linspace(1.0, 5.0, SIZE - 10)])
     matrix = jnp.asarray(symmetric_matrix(4, eigenvalues))
-    result = eigen(matrix, jax.random.key(4), 1e-3, atol=1e-6, which="smallest")
+    result = eigen(matrix, jax.random.key(4), 1e-3, 1e-6, which="smallest", max_order=30)
     assert bool(result.converged)
     assert abs(float(result.eigenvalues[0])) <= 1e-6
-    without_atol = eigen(matrix, jax.random.key(4), 1e-3, which="smallest", max_order=30)
+    without_atol = eigen(matrix, jax.random.key(4), 1e-3, 0.0, which="smallest", max_order=30)
     assert not bool(without_atol.converged)
 
 
 def test_invariant_krylov_space_converges_without_nan():
     # Three distinct eigenvalues: the Krylov space of the start vector has dimension 3.
     distinct = np.array([-1.0, 0.5, 2.0])
+    # Checked at every step (k = 3 with vectors: one compile with the tests above); the first
+    # two checks cannot stop (fewer steps than k).
     matrix = jnp.asarray(symmetric_matrix(5, np.repeat(distinct, SIZE // 3)), jnp.float32)
-    result = eigen(matrix, jax.random.key(5), 1e-4, k=3, check_every=3)
+    result = eigen(matrix, jax.random.key(5), 1e-4, k=3, which="largest", return_vectors=True)
     assert bool(result.converged) and int(result.num_matvecs) == 3
     np.testing.assert_allclose(result.eigenvalues, distinct[::-1], rtol=1e-5)
     assert np.all(np.isfinite(result.errors))
+    flat = np.stack(
+        [ravel_pytree(jax.tree.map(lambda s, i=i: s[i], result.eigenvectors))[0] for i in range(3)]
+    )
+    for vector, value in zip(flat, result.eigenvalues, strict=True):
+        np.testing.assert_allclose(np.asarray(matrix) @ vector, value * vector, atol=1e-4)
 
 
 def test_equal_ritz_values_get_orthonormal_vectors():
@@ -187,9 +215,7 @@ def test_equal_ritz_values_get_orthonormal_vectors():
     # threefold, and each copy needs its own vector.
     distinct = np.array([-1.0, 0.5, 2.0])
     matrix = jnp.asarray(symmetric_matrix(5, np.repeat(distinct, SIZE // 3)), jnp.float32)
-    result = eigen(
-        matrix, jax.random.key(5), 0.0, k=6, max_order=9, check_every=9, return_vectors=True
-    )
+    result = eigen(matrix, jax.random.key(5), 0.0, **RESTARTS)
     np.testing.assert_allclose(result.eigenvalues, np.repeat(distinct[::-1][:2], 3), rtol=1e-5)
     np.testing.assert_allclose(result.residuals, 0.0, atol=1e-5)
     flat = np.stack(
@@ -214,7 +240,8 @@ def test_mlp_hessian_top_eigenvalues_match_eigh(x64):
         return top_eigenvalues(functools.partial(hvp, params, batch), key, params, k=2, rtol=1e-6)
 
     flat, unravel = ravel_pytree(params)
-    exact = np.linalg.eigvalsh(jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat))[::-1]
+    exact = np.linalg.eigvalsh(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), batch)))(flat))
+    exact = exact[::-1]
     result = curvature(params, batch, jax.random.key(7))
     assert bool(result.converged)
     np.testing.assert_allclose(result.eigenvalues, exact[:2], rtol=1e-6)

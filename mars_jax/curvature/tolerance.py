@@ -285,25 +285,28 @@ def top_eigenvalues(
     step = functools.partial(lanczos_step, matvec, reorthogonalize=True, chunk=CHUNK)
 
     def cond(state: tuple) -> jax.Array:
-        _, steps, converged = state
+        _, steps, _, converged = state
         return (steps < max_order) & ~converged
 
     def body(state: tuple) -> tuple:
-        carry, steps, _ = state
+        carry, steps, _, _ = state
         stop = jnp.minimum(steps + check_every, max_order)
         carry = jax.lax.fori_loop(steps, stop, step, carry)
-        values, residuals, _ = ritz(carry.alphas, carry.betas, stop)
+        pairs = ritz(carry.alphas, carry.betas, stop)
+        values, residuals, _ = pairs
         bound = jnp.maximum(rtol * jnp.abs(values), atol)
-        return carry, stop, (stop >= k) & jnp.all(residuals <= bound)
+        return carry, stop, pairs, (stop >= k) & jnp.all(residuals <= bound)
 
+    # The loop runs at least once (0 < k <= max_order), so the Ritz pairs it carries out are
+    # those of the last check: traced once, not again after the loop.
     init_vector = tree_random_like(key, like, kind="normal")
-    init = (
-        lanczos_init(init_vector, max_order, keep_basis=True),
-        jnp.zeros((), jnp.int32),
-        jnp.zeros((), bool),
+    carry = lanczos_init(init_vector, max_order, keep_basis=True)
+    dtype = carry.alphas.dtype
+    no_pairs = (jnp.zeros((k,), dtype), jnp.zeros((k,), dtype), jnp.zeros((max_order, k), dtype))
+    init = (carry, jnp.zeros((), jnp.int32), no_pairs, jnp.zeros((), bool))
+    carry, steps, (values, residuals, coefficients), converged = jax.lax.while_loop(
+        cond, body, init
     )
-    carry, steps, converged = jax.lax.while_loop(cond, body, init)
-    values, residuals, coefficients = ritz(carry.alphas, carry.betas, steps)
     eigenvectors = None
     if return_vectors:
         eigenvectors = jax.vmap(stack_combine, in_axes=(1, None))(coefficients, carry.basis)
