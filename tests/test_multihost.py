@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mars_jax.runner.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,12 +70,13 @@ def _finals(run_dir: Path) -> dict[str, dict[str, float]]:
 def test_two_processes_split_the_rows_and_match_the_single_process_run(tmp_path):
     port = _free_port()
     processes = []
+    xla_flags = os.environ.get("XLA_FLAGS", "")  # the test run's, with 2 host devices added
     for index in range(2):
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
             "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count=2",
             "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
             "SLURM_JOB_ID": "1",
             "SLURM_STEP_NODELIST": "localhost",
@@ -119,5 +122,12 @@ def test_two_processes_split_the_rows_and_match_the_single_process_run(tmp_path)
     single = tmp_path / "single"
     assert main(["run", *ARGS, "--out", str(single), "--quiet"]) == 0
     expected = _finals(single)
-    assert _finals(host0) == expected
-    assert _finals(host1) == expected
+    # Counts are equal. The AUC ranks the held-out margins, which 4 devices sum in another
+    # order than 1 (last bits), so a near tie may swap: equal within 1e-4.
+    for finals in (_finals(host0), _finals(host1)):
+        assert finals.keys() == expected.keys()
+        for method, metrics in finals.items():
+            want = expected[method]
+            assert metrics["accuracy"] == want["accuracy"]
+            assert metrics["tie_rate"] == want["tie_rate"]
+            assert metrics["auc"] == pytest.approx(want["auc"], abs=1e-4)
