@@ -47,9 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @functools.cache
 def sharded_results() -> dict:
+    xla_flags = os.environ.get("XLA_FLAGS", "")  # the test run's, with 8 host devices added
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count=8",
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
