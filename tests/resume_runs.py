@@ -129,6 +129,11 @@ def assert_same_results(run_dir: Path, reference: Path) -> None:
     assert not (run_dir / LOCK_NAME).exists()
 
 
+def file_bytes(directory: Path) -> dict[Path, bytes]:
+    """Every file under ``directory`` and its contents (to check that nothing changed)."""
+    return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def checkpoint_steps(run_dir: Path) -> list[int]:
     folder = run_dir / "checkpoints"
     if not folder.is_dir():

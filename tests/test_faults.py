@@ -37,6 +37,7 @@ from resume_runs import (
     TINY,
     assert_same_results,
     checkpoint_steps,
+    file_bytes,
     reference_run,
     run_in_process,
     subprocess_env,
@@ -77,10 +78,6 @@ def env():
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     return reference_run(tmp_path_factory)
-
-
-def _files(directory: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def _finished_copy(reference: Path, out: Path) -> Path:
@@ -136,14 +133,14 @@ def test_no_intact_checkpoint_is_one_error_and_changes_nothing(reference, tmp_pa
     out = _finished_copy(reference, tmp_path / "run")
     _damage(out / "checkpoints" / "6", "flipped-array-bytes")
     _damage(out / "checkpoints" / "5", "missing-state")
-    before = _files(out)
+    before = file_bytes(out)
     status, err = run_in_process(capsys, caplog, out, "--resume")
     assert status == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     assert "no intact checkpoint to resume from" in lines[0]
     assert "checkpoints/6" in lines[0] and "checkpoints/5" in lines[0]
-    assert _files(out) == before and not (out / LOCK_NAME).exists()
+    assert file_bytes(out) == before and not (out / LOCK_NAME).exists()
 
 
 def _round_state(trainer, model, shift: float) -> RoundState:

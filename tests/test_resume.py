@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from resume_runs import (
     assert_same_results,
     checkpoint_steps,
     command,
+    file_bytes,
     reference_run,
     run,
     run_in_process,
@@ -143,10 +143,6 @@ def reference(tmp_path_factory):
     return reference_run(tmp_path_factory)
 
 
-def _files(directory: Path) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
-
-
 @pytest.mark.parametrize(
     ("after", "inside"),
     [(1, False), (2, True), (4, False)],
@@ -190,13 +186,13 @@ def test_nan_stops_cleanly_and_the_checkpoint_resumes(
     forced = tmp_path / "forced"
     shutil.copytree(out, forced)
     monkeypatch.chdir(tmp_path)
-    before = _files(out)
+    before = file_bytes(out)
 
     def refusal(*extra: str) -> str:
         status, err = run_in_process(capsys, caplog, out, "--resume", *extra)
         assert status == 2, err
         assert err.count("\n") == 1, err
-        assert _files(out) == before
+        assert file_bytes(out) == before
         return err
 
     assert "refine.budget: 120 in the run, 60 now" in refusal("refine.budget=60")
@@ -245,13 +241,13 @@ def test_a_second_process_is_refused_and_sigint_releases_the_lock(env, tmp_path)
             time.sleep(0.05)
         owner = json.loads((out / LOCK_NAME).read_text())
         assert owner["pid"] == first.pid
-        before = _files(out)
+        before = file_bytes(out)
 
         second = run(env, out, "--resume")
         assert second.returncode == 2, second.stderr
         assert f"in use by another run (pid {first.pid} on" in second.stderr
         assert second.stderr.count("\n") == 1, second.stderr
-        assert _files(out) == before
+        assert file_bytes(out) == before
     finally:
         first.send_signal(signal.SIGINT)
         try:
